@@ -1,0 +1,1 @@
+"""Erasure-coded resilience for ML prediction serving on NVIDIA Triton."""
