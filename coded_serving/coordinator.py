@@ -1,0 +1,239 @@
+"""The coded ensemble's logic, without Triton: coding groups, fan-out, races, deadlines.
+
+One call of ``Coordinator.infer`` takes the queries of a dynamic batch (several client
+requests), lays them out in coding groups of k, sends worker ``w`` one batched request that
+holds its query of every group, and answers each query with its original output or, once
+its worker is missing (errored, gone, or past ``deadline_s``), with the code's reconstruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import numpy as np
+
+from .codes import Code
+
+#: ``member(name, batch) -> outputs``: one request to one member (a Triton model).
+MemberCall = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """Queries laid out in coding groups: ``slots[g, i]`` is the query in slot i of group g.
+
+    A partial last group is filled with copies of its own queries, so each of them is
+    sent to two workers and still covered by the parity: padding buys protection, not delay.
+    """
+
+    slots: np.ndarray
+
+    @classmethod
+    def for_queries(cls, num_queries: int, k: int) -> "GroupLayout":
+        if num_queries < 1:
+            raise ValueError("a coding group needs at least one query")
+        groups = -(-num_queries // k)
+        slots = np.arange(groups * k).reshape(groups, k)
+        tail = num_queries - (groups - 1) * k
+        slots[-1] = (groups - 1) * k + np.arange(k) % tail
+        return cls(slots)
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.slots.max()) + 1
+
+    def gather(self, queries: np.ndarray) -> np.ndarray:
+        return queries[self.slots]
+
+
+@dataclass
+class Outcome:
+    """One answer per query: an output (original or reconstructed) or an error message."""
+
+    outputs: np.ndarray
+    reconstructed: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+    worker_errors: dict[int, str] = field(default_factory=dict)
+
+
+PENDING, ANSWERED, FAILED = 0, 1, 2
+
+
+class GroupRace:
+    """The state of one fan-out: which workers answered, and which queries can be answered.
+
+    A query is answered by its original as soon as that arrives. Once its worker is missing
+    (failed, or not answered by the deadline) it is reconstructed, as soon as every worker
+    has answered, failed or passed the deadline and the code can decode what is there.
+    With ``deadline_s = 0`` this is ParM's race: decode as soon as k of k+1 are in.
+    """
+
+    def __init__(self, code: Code, layout: GroupLayout, deadline_s: float, timeout_s: float, start: float):
+        self.code = code
+        self.layout = layout
+        self.deadline = start + deadline_s
+        self.timeout = start + max(timeout_s, deadline_s)
+        self.state = np.full(code.num_workers, PENDING)
+        self.results: np.ndarray | None = None
+        self.worker_errors: dict[int, str] = {}
+        self._now = start
+
+    def on_result(self, worker: int, output: np.ndarray) -> None:
+        groups = self.layout.slots.shape[0]
+        output = np.asarray(output, dtype=np.float32)
+        if output.shape[:1] != (groups,):
+            return self.on_failure(worker, f"returned shape {list(output.shape)}, expected a batch of {groups}")
+        if not np.isfinite(output).all():
+            return self.on_failure(worker, "returned non-finite values")
+        if self.results is None:
+            self.results = np.zeros((groups, self.code.num_workers, *output.shape[1:]), np.float32)
+        elif output.shape[1:] != self.results.shape[2:]:
+            return self.on_failure(worker, f"returned shape {list(output.shape)}, others {list(self.results.shape[2:])}")
+        self.results[:, worker] = output
+        self.state[worker] = ANSWERED
+
+    def on_failure(self, worker: int, message: str) -> None:
+        self.state[worker] = FAILED
+        self.worker_errors[worker] = message
+
+    def advance(self, now: float) -> None:
+        self._now = now
+
+    @property
+    def available(self) -> np.ndarray:
+        return self.state == ANSWERED
+
+    def _settled(self) -> np.ndarray:
+        return (self.state != PENDING) | (self._now >= self.deadline)
+
+    def _can_decode(self) -> bool:
+        return bool(self._settled().all()) and self.code.decodable(self.available)
+
+    def _original_slots(self) -> np.ndarray:
+        """bool[k]: slot i holds its original output."""
+        if not self.code.systematic:
+            return np.zeros(self.code.k, bool)
+        return self.available[: self.code.k]
+
+    def _query_has_original(self) -> np.ndarray:
+        has = np.zeros(self.layout.num_queries, bool)
+        originals = self._original_slots()
+        has[self.layout.slots[:, originals].ravel()] = True
+        return has
+
+    def done(self) -> bool:
+        if self._query_has_original().all() or self._can_decode():
+            return True
+        return self._now >= self.timeout or not (self.state == PENDING).any()
+
+    def next_wakeup(self) -> float | None:
+        """Seconds until the next timer that can change the outcome."""
+        for instant in (self.deadline, self.timeout):
+            if self._now < instant:
+                return instant - self._now
+        return None
+
+    def needs_decode(self) -> bool:
+        return not self._query_has_original().all() and self._can_decode()
+
+    def outcome(self, estimates: np.ndarray | None = None) -> Outcome:
+        """The answers; ``estimates`` [G, k, *out] is the decode, required when ``needs_decode()``."""
+        num_queries = self.layout.num_queries
+        out_shape = self.results.shape[2:] if self.results is not None else ()
+        outputs = np.zeros((num_queries, *out_shape), np.float32)
+        answered = self._query_has_original()
+        reconstructed = np.zeros(num_queries, bool)
+        if estimates is not None:
+            outputs[self.layout.slots] = estimates
+            reconstructed = ~answered
+            answered = np.ones(num_queries, bool)
+        originals = self._original_slots()
+        for slot in np.flatnonzero(originals):
+            outputs[self.layout.slots[:, slot]] = self.results[:, slot]
+        errors = {int(q): self._failure_message() for q in np.flatnonzero(~answered)}
+        return Outcome(outputs, reconstructed, errors, dict(self.worker_errors))
+
+    def _failure_message(self) -> str:
+        missing = [w for w in range(self.code.num_workers) if self.state[w] != ANSWERED]
+        reasons = "; ".join(
+            f"worker {w}: {self.worker_errors.get(w, 'no answer in time')}" for w in missing
+        )
+        return f"no answer and no reconstruction possible ({reasons})"
+
+
+async def run_race(race: GroupRace, calls: Sequence[Awaitable[np.ndarray]], clock=time.monotonic) -> GroupRace:
+    """Drive ``race`` until it is done; calls still running are left to finish unawaited."""
+    tasks = {asyncio.ensure_future(call): worker for worker, call in enumerate(calls)}
+    pending = set(tasks)
+    race.advance(clock())
+    while not race.done():
+        done, pending = await asyncio.wait(pending, timeout=race.next_wakeup(), return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            try:
+                race.on_result(tasks[task], task.result())
+            except Exception as error:  # any member failure is a missing result, never a lost request
+                race.on_failure(tasks[task], str(error) or type(error).__name__)
+        race.advance(clock())
+    for task in pending:
+        task.add_done_callback(_consume_exception)
+    return race
+
+
+def _consume_exception(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class InProcessCodec:
+    """Encode and decode with the library, in the coordinator's own process."""
+
+    def __init__(self, code: Code):
+        self.code = code
+
+    async def encode(self, grouped: np.ndarray) -> np.ndarray:
+        return self.code.encode(grouped)
+
+    async def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
+        return self.code.decode(results, available)
+
+
+@dataclass
+class Coordinator:
+    code: Code
+    members: tuple[str, ...]
+    deadline_s: float
+    timeout_s: float
+    codec: InProcessCodec | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if len(self.members) != self.code.num_workers:
+            raise ValueError(f"{self.code.num_workers} members needed, got {len(self.members)}")
+        self.codec = self.codec or InProcessCodec(self.code)
+
+    async def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
+        """Answer every query of ``queries`` [n, *in]."""
+        start = self.clock()
+        layout = GroupLayout.for_queries(len(queries), self.code.k)
+        grouped = layout.gather(queries)
+        coded = await self.codec.encode(grouped)
+        worker_inputs = [grouped[:, i] for i in range(self.code.k)] if self.code.systematic else []
+        worker_inputs += [coded[:, j] for j in range(self.code.num_coded)]
+        race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
+        calls = [call(member, np.ascontiguousarray(batch)) for member, batch in zip(self.members, worker_inputs)]
+        await run_race(race, calls, self.clock)
+        if not race.needs_decode():
+            return race.outcome()
+        return race.outcome(await self.codec.decode(race.results, race.available))
+
+
+def invalid_query_reason(query: np.ndarray) -> str | None:
+    """Why a client's input cannot be served, or None; shapes and dtypes Triton checks itself."""
+    if query.shape[0] == 0:
+        return "empty batch: at least one query is needed"
+    if not np.isfinite(query).all():
+        return "input contains NaN or infinite values"
+    return None

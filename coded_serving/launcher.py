@@ -1,0 +1,208 @@
+"""Start the real ``tritonserver`` shipped in the nvidia-pytriton wheel, without Docker.
+
+The wheel carries the server, libtritonserver and the Python backend, but no ONNX Runtime
+backend: the project's Python-based backends (``python_backends/<name>/model.py``, one of
+them named ``onnxruntime``) fill that gap, so one repository serves unchanged here and on
+the NGC image with its native backends.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+PROJECT_BACKENDS = PROJECT_ROOT / "python_backends"
+SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path = DEFAULT_REPOSITORY
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    log_verbose: int = 0
+    #: seconds between SIGTERM and SIGKILL when stopping
+    stop_margin_s: float = 15.0
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install 'coded-serving[cpu]'") from None
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def build_backend_directory(target: Path) -> Path:
+    """Lay out the Python backend plus one folder per project backend under ``target``."""
+    triton = _pytriton_dir()
+    python_backend = target / "python"
+    shutil.copytree(triton / "backends" / "python", python_backend)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(triton / "python_backend_stubs" / version / "triton_python_backend_stub", python_backend)
+    for backend in sorted(PROJECT_BACKENDS.iterdir()):
+        if (backend / "model.py").is_file():
+            (target / backend.name).mkdir()
+            (target / backend.name / "model.py").symlink_to(backend / "model.py")
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    """The stub must load this interpreter's libpython and find this venv's packages."""
+    env = dict(os.environ)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(libs)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+class TritonServer:
+    """A running ``tritonserver``; a context manager that always stops it."""
+
+    def __init__(self, config: ServerConfig, log_path: Path | None = None):
+        self.config = config
+        self.log_path = log_path
+        self._workdir = Path(tempfile.mkdtemp(prefix="coded-serving-"))
+        self._process: subprocess.Popen | None = None
+        self._shm_before: set[str] = set()
+
+    def command(self, backend_directory: Path) -> list[str]:
+        c = self.config
+        return [
+            str(_pytriton_dir() / "bin" / "tritonserver"),
+            f"--model-repository={Path(c.model_repository).resolve()}",
+            f"--backend-directory={backend_directory}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-address={c.host}",
+            f"--http-port={c.http_port}",
+            f"--grpc-address={c.host}",
+            f"--grpc-port={c.grpc_port}",
+            f"--metrics-address={c.host}",
+            f"--metrics-port={c.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0",
+            "--exit-timeout-secs=5",
+            f"--log-verbose={c.log_verbose}",
+        ]
+
+    def start(self, ready_timeout_s: float = 120.0) -> "TritonServer":
+        if not Path(self.config.model_repository).is_dir():
+            raise FileNotFoundError(f"model repository {self.config.model_repository} does not exist")
+        backends = build_backend_directory(self._workdir / "backends")
+        self._shm_before = set(glob.glob(SHM_GLOB))
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._process = subprocess.Popen(
+            self.command(backends), env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if self.log_path:
+            log.close()
+        try:
+            self._wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        url = f"http://{self.config.http_url}/v2/health/ready"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self._process.returncode}{self._log_hint()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        return f"; see {self.log_path}" if self.log_path else "; pass a log path to see why"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        return self._process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, SIGKILL after the margin, then remove the shared memory the server left."""
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(self.config.stop_margin_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait()
+        elif self._process is not None:
+            _kill_group(self._process.pid)
+        for region in set(glob.glob(SHM_GLOB)) - self._shm_before - _mapped_files():
+            Path(region).unlink(missing_ok=True)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _mapped_files() -> set[str]:
+    """Shared memory still mapped by a live process belongs to another running server."""
+    mapped = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as lines:
+                mapped.update(line.split(maxsplit=5)[-1].strip() for line in lines if "/dev/shm/" in line)
+        except OSError:
+            continue
+    return mapped
+
+
+def _kill_group(pid: int) -> None:
+    """Stubs of a server that died must not outlive it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

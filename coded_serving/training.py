@@ -1,0 +1,231 @@
+"""Training the deployed classifier and ParM parity models, and measuring degraded mode offline.
+
+Codes are pure numpy (``coded_serving.codes``); training calls the very same ``code.encode`` and
+``code.decode`` that serving uses, so a parity model can never be trained on a different encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from .codes import Code
+from .data import Dataset
+from .nets import make_net
+
+
+@contextmanager
+def _deterministic(seed: int) -> Iterator[None]:
+    """Seed torch and force deterministic kernels (free on CPU), then restore the caller's setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    model.eval()
+    inputs = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    return torch.cat([model(batch) for batch in inputs.split(batch_size)]).numpy()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=-1) == labels))
+
+
+def _end_epoch(name: str, record: dict, history: list[dict] | None) -> None:
+    """One progress line per epoch on stderr (no tqdm here); ``history`` collects the same figures."""
+    figures = " ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("epoch", "epochs", "seconds"))
+    print(f"{name} epoch {record['epoch']}/{record['epochs']} {figures} ({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    if history is not None:
+        history.append(record)
+
+
+def train_classifier(
+    arch: str,
+    data: Dataset,
+    epochs: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    history: list[dict] | None = None,
+) -> nn.Module:
+    """Adam on cross-entropy; returns the epoch with the best validation accuracy, not the last one."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
+    with _deterministic(seed):
+        model = make_net(arch)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        rng = np.random.default_rng(seed)
+        best_accuracy, best_state = -1.0, model.state_dict()
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            total_loss = 0.0
+            for batch in torch.from_numpy(rng.permutation(len(labels))).split(batch_size):
+                loss = functional.cross_entropy(model(images[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(batch)
+            val_accuracy = accuracy(predict_logits(model, data.val.images), data.val.labels)
+            if val_accuracy > best_accuracy:
+                best_accuracy, best_state = val_accuracy, copy.deepcopy(model.state_dict())
+            record = {"epoch": epoch, "epochs": epochs, "loss": total_loss / len(labels), "val_accuracy": val_accuracy}
+            _end_epoch(arch, record | {"seconds": time.perf_counter() - start}, history)
+    model.load_state_dict(best_state)
+    return model.eval()
+
+
+def _groups(order: np.ndarray, k: int) -> np.ndarray:
+    """Indices [G, k] of coding groups taken from ``order``; the remainder (< k queries) is dropped."""
+    return order[: len(order) - len(order) % k].reshape(-1, k)
+
+
+def _parity_inputs(code: Code, images: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    if code.num_coded != 1:
+        raise ValueError(f"a parity model serves codes with one coded worker, {type(code).__name__} has {code.num_coded}")
+    return code.encode(images[groups])[:, 0]
+
+
+def _degraded_metrics(code: Code, data_logits: np.ndarray, parity_logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Decode each position j of every group as if only F(x_j) were missing, with the serving decoder."""
+    results = np.concatenate([data_logits, parity_logits[:, None]], axis=1)
+    deployed_predictions = data_logits.argmax(axis=-1)
+    correct, agree = [], []
+    for j in range(code.k):
+        available = np.ones(code.num_workers, dtype=bool)
+        available[j] = False
+        predictions = code.decode(results, available)[:, j].argmax(axis=-1)
+        correct.append(predictions == labels[:, j])
+        agree.append(predictions == deployed_predictions[:, j])
+    return {"degraded_accuracy": float(np.mean(correct)), "recovery_accuracy": float(np.mean(agree))}
+
+
+def _evaluate_parity(code: Code, deployed_logits: np.ndarray, parity: nn.Module, images: np.ndarray, labels: np.ndarray) -> dict:
+    groups = _groups(np.arange(len(labels)), code.k)
+    parity_logits = predict_logits(parity, _parity_inputs(code, images, groups))
+    return _degraded_metrics(code, deployed_logits[groups], parity_logits, labels[groups]) | {"groups": len(groups)}
+
+
+def evaluate_degraded(deployed: nn.Module, parity: nn.Module, code: Code, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Available accuracy (F alone, every image) beside degraded-mode and recovery accuracy.
+
+    Groups are consecutive images, so the figure is reproducible; the remainder is left out of the
+    degraded figures only.
+    """
+    logits = predict_logits(deployed, images)
+    return {"available_accuracy": accuracy(logits, labels)} | _evaluate_parity(code, logits, parity, images, labels)
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written checkpoint to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def train_parity_model(
+    deployed: nn.Module,
+    code: Code,
+    arch: str,
+    data: Dataset,
+    epochs: int,
+    seed: int,
+    checkpoint_path: Path | str | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    history: list[dict] | None = None,
+) -> nn.Module:
+    """ParM (CODES.md section 1): F_P(encode(x_1..x_k)) regresses sum_i F(x_i) on raw logits, F frozen.
+
+    Coding groups are re-drawn every epoch; the kept weights are those of the epoch with the best
+    validation degraded-mode accuracy, since the regression loss is only a proxy for it. With
+    ``checkpoint_path`` every epoch is saved and an existing checkpoint is resumed (weights, optimizer,
+    group-drawing random state, best so far), so a resumed run matches an uninterrupted one.
+    ``batch_size`` counts coding groups.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    # F is frozen, so its training-set outputs are computed once rather than every epoch.
+    train_logits = predict_logits(deployed, data.train.images)
+    val_logits = predict_logits(deployed, data.val.images)
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    identity = {"arch": arch, "code": type(code).__name__, "k": code.k}
+    with _deterministic(seed):
+        parity = make_net(arch)
+        optimizer = torch.optim.Adam(parity.parameters(), lr=lr, weight_decay=weight_decay)
+        rng = np.random.default_rng(seed)
+        done, best_accuracy, best_state = 0, -1.0, parity.state_dict()
+        if checkpoint_path is not None and checkpoint_path.exists():
+            checkpoint = torch.load(checkpoint_path, weights_only=True)
+            if checkpoint["identity"] != identity:
+                raise ValueError(f"{checkpoint_path} is for {checkpoint['identity']}, not {identity}")
+            if not _same_weights(checkpoint["deployed"], deployed.state_dict()):
+                raise ValueError(f"{checkpoint_path} was trained against a different deployed model; delete it to start over")
+            parity.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            rng.bit_generator.state = checkpoint["rng"]
+            done, best_accuracy, best_state = checkpoint["epoch"], checkpoint["best_accuracy"], checkpoint["best_state"]
+            print(f"resuming {checkpoint_path} after epoch {done}", file=sys.stderr, flush=True)
+        for epoch in range(done + 1, epochs + 1):
+            start = time.perf_counter()
+            groups = _groups(rng.permutation(len(data.train)), code.k)
+            inputs = torch.from_numpy(_parity_inputs(code, data.train.images, groups))
+            targets = torch.from_numpy(train_logits[groups].sum(axis=1))
+            parity.train()
+            total_loss = 0.0
+            for batch in torch.arange(len(groups)).split(batch_size):
+                loss = functional.mse_loss(parity(inputs[batch]), targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(batch)
+            metrics = _evaluate_parity(code, val_logits, parity, data.val.images, data.val.labels)
+            if metrics["degraded_accuracy"] > best_accuracy:
+                best_accuracy, best_state = metrics["degraded_accuracy"], copy.deepcopy(parity.state_dict())
+            if checkpoint_path is not None:
+                _save_atomically(
+                    {
+                        "identity": identity,
+                        "deployed": deployed.state_dict(),
+                        "model": parity.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng.bit_generator.state,
+                        "epoch": epoch,
+                        "best_accuracy": best_accuracy,
+                        "best_state": best_state,
+                    },
+                    checkpoint_path,
+                )
+            record = {
+                "epoch": epoch,
+                "epochs": epochs,
+                "loss": total_loss / len(groups),
+                "val_degraded_accuracy": metrics["degraded_accuracy"],
+                "val_recovery_accuracy": metrics["recovery_accuracy"],
+            }
+            _end_epoch(f"{arch} parity ({type(code).__name__}, k={code.k})", record | {"seconds": time.perf_counter() - start}, history)
+    parity.load_state_dict(best_state)
+    return parity.eval()

@@ -1,0 +1,97 @@
+"""The coded ensemble: a Triton BLS model that adapts coded_serving.coordinator to Triton.
+
+Triton's dynamic batcher hands ``execute`` the requests that arrived together; their queries
+form coding groups, members are called with ``async_exec``, and every request gets exactly
+one response: its outputs (``reconstructed`` says which were decoded) or an error.
+"""
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from coded_serving.codes import make_code
+from coded_serving.coordinator import Coordinator, invalid_query_reason
+from coded_serving.repository import RECONSTRUCTED, ensemble_from_model_config
+
+#: late members hold executor threads until they answer; too few threads starve new requests
+MEMBER_THREADS = 64
+
+
+class MemberError(RuntimeError):
+    pass
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.spec = ensemble_from_model_config(json.loads(args["model_config"]))
+        code = make_code(self.spec.code)
+        codec = ModelCodec(self.spec, code.num_workers) if self.spec.codec == "models" else None
+        self.coordinator = Coordinator(
+            code, self.spec.members, self.spec.deadline_ms / 1000, self.spec.timeout_ms / 1000, codec=codec
+        )
+        self._executor_ready = False
+
+    async def execute(self, requests):
+        if not self._executor_ready:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(MEMBER_THREADS))
+            self._executor_ready = True
+        queries, owners, responses = [], [], [None] * len(requests)
+        for index, request in enumerate(requests):
+            query = pb_utils.get_input_tensor_by_name(request, self.spec.input.name).as_numpy()
+            reason = invalid_query_reason(query)
+            if reason:
+                responses[index] = _error(f"input '{self.spec.input.name}': {reason}")
+            else:
+                queries.append(query)
+                owners.append(index)
+        if queries:
+            sizes = [len(q) for q in queries]
+            outcome = await self.coordinator.infer(np.concatenate(queries), self._call_member)
+            offsets = np.cumsum([0] + sizes)
+            for owner, begin, end in zip(owners, offsets[:-1], offsets[1:]):
+                errors = [outcome.errors[q] for q in range(begin, end) if q in outcome.errors]
+                if errors:
+                    responses[owner] = _error(errors[0])
+                    continue
+                responses[owner] = pb_utils.InferenceResponse([
+                    pb_utils.Tensor(self.spec.output.name, outcome.outputs[begin:end]),
+                    pb_utils.Tensor(RECONSTRUCTED, outcome.reconstructed[begin:end, None]),
+                ])
+        return responses
+
+    async def _call_member(self, member, batch):
+        return await _infer(member, {self.spec.input.name: batch}, self.spec.output.name)
+
+
+class ModelCodec:
+    """Encode and decode through the standalone encoder and decoder models."""
+
+    def __init__(self, spec, num_workers):
+        self.spec = spec
+        self.num_workers = num_workers
+
+    async def encode(self, grouped):
+        return await _infer(self.spec.encoder_model, {"queries": grouped}, "coded_queries")
+
+    async def decode(self, results, available):
+        mask = np.broadcast_to(available, (len(results), self.num_workers)).copy()
+        return await _infer(self.spec.decoder_model, {"results": results, "available": mask}, "estimates")
+
+
+async def _infer(model, inputs, output):
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=[output],
+        inputs=[pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in inputs.items()],
+    )
+    response = await request.async_exec()
+    if response.has_error():
+        raise MemberError(f"{model}: {response.error().message()}")
+    return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
