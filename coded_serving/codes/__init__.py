@@ -1,11 +1,14 @@
 """The codes the coded ensemble serves; ``make_code`` builds one from its spec."""
 
 from .base import Code, CodeSpec
+from .interpolation import Berrut, NeRCC
 from .parm import ParMAddition, ParMConcatenation
 
 CODES: dict[str, type[Code]] = {
     "parm-addition": ParMAddition,
     "parm-concatenation": ParMConcatenation,
+    "berrut": Berrut,
+    "nercc": NeRCC,
 }
 
 
@@ -17,4 +20,4 @@ def make_code(spec: CodeSpec) -> Code:
     return code_class(spec.k, **spec.params)
 
 
-__all__ = ["CODES", "Code", "CodeSpec", "ParMAddition", "ParMConcatenation", "make_code"]
+__all__ = ["Berrut", "CODES", "Code", "CodeSpec", "NeRCC", "ParMAddition", "ParMConcatenation", "make_code"]

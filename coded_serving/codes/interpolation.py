@@ -118,7 +118,8 @@ def smoothing_spline_matrix(nodes: np.ndarray, targets: np.ndarray, lam: float) 
         if j + 1 < n - 2:
             r[j, j + 1] = r[j + 1, j] = h[j + 1] / 6
     curvature = np.zeros((n, n))  # gamma (zero at both ends) as a linear map of g
-    curvature[1:-1] = np.linalg.solve(r, q.T) if n > 2 else curvature[1:-1]
+    if n > 2:
+        curvature[1:-1] = np.linalg.solve(r, q.T)
     smoother = np.linalg.inv(np.eye(n) + n * lam * q @ curvature[1:-1])
 
     # value at x in [t_j, t_j+1] (Green & Silverman eq. 2.5), as weights on g and on gamma
@@ -133,14 +134,17 @@ def smoothing_spline_matrix(nodes: np.ndarray, targets: np.ndarray, lam: float) 
     on_gamma[rows, j] = -left * right * (1 + right / width) / 6
     on_gamma[rows, j + 1] = -left * right * (1 + left / width) / 6
 
-    # straight line beyond the ends: g'(t_1) = (g_2 - g_1)/h_1 - h_1 gamma_2 / 6, g'(t_n) likewise
+    # beyond the ends: g(t_1) - d g'(t_1) with g'(t_1) = (g_2 - g_1)/h_1 - h_1 gamma_2 / 6,
+    # and g(t_n) + d g'(t_n) with g'(t_n) = (g_n - g_n-1)/h_n-1 + h_n-1 gamma_n-1 / 6
     below, above = targets < t[0], targets > t[-1]
-    on_g[below, 0] -= (t[0] - targets[below]) * -1 / h[0]
-    on_g[below, 1] -= (t[0] - targets[below]) * 1 / h[0]
-    on_gamma[below, 1] -= (t[0] - targets[below]) * -h[0] / 6
-    on_g[above, -1] += (targets[above] - t[-1]) * 1 / h[-1]
-    on_g[above, -2] += (targets[above] - t[-1]) * -1 / h[-1]
-    on_gamma[above, -2] += (targets[above] - t[-1]) * h[-1] / 6
+    d = t[0] - targets[below]
+    on_g[below, 0] += d / h[0]
+    on_g[below, 1] -= d / h[0]
+    on_gamma[below, 1] += d * h[0] / 6
+    d = targets[above] - t[-1]
+    on_g[above, -1] += d / h[-1]
+    on_g[above, -2] -= d / h[-1]
+    on_gamma[above, -2] += d * h[-1] / 6
 
     sorted_matrix = (on_g + on_gamma @ curvature) @ smoother
     matrix = np.empty_like(sorted_matrix)

@@ -1,0 +1,139 @@
+"""The coordinator's grouping, races and deadlines with fake members (no Triton)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from coded_serving.codes import ParMAddition
+from coded_serving.coordinator import Coordinator, GroupLayout, invalid_query_reason
+
+K = 2
+MEMBERS = ("m0", "m1", "parity")
+
+
+def model(batch):
+    """A linear 'model', so a perfect parity model is the same function minus its bias."""
+    return batch.reshape(len(batch), -1)[:, :3] * 2.0 + 1.0
+
+
+class FakeMembers:
+    """Members with a delay (seconds) or an exception each; records what they were sent."""
+
+    def __init__(self, delays=None, failures=()):
+        self.delays = delays or {}
+        self.failures = set(failures)
+        self.sent = {}
+
+    async def __call__(self, member, batch):
+        self.sent[member] = batch
+        await asyncio.sleep(self.delays.get(member, 0.0))
+        if member in self.failures:
+            raise RuntimeError(f"{member} is down")
+        outputs = model(batch)
+        return outputs + (K - 1) if member == "parity" else outputs
+
+
+def infer(queries, members, deadline_s=0.05, timeout_s=1.0):
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s, timeout_s)
+    return asyncio.run(coordinator.infer(queries, members))
+
+
+queries = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)
+
+
+def test_layout_fills_a_partial_group_with_copies_of_its_own_queries():
+    np.testing.assert_array_equal(GroupLayout.for_queries(5, 2).slots, [[0, 1], [2, 3], [4, 4]])
+    np.testing.assert_array_equal(GroupLayout.for_queries(4, 3).slots, [[0, 1, 2], [3, 3, 3]])
+    np.testing.assert_array_equal(GroupLayout.for_queries(5, 4).slots, [[0, 1, 2, 3], [4, 4, 4, 4]])
+    with pytest.raises(ValueError):
+        GroupLayout.for_queries(0, 2)
+
+
+def test_healthy_members_give_the_originals_and_the_parity_gets_the_sum():
+    members = FakeMembers()
+    outcome = infer(queries, members)
+    np.testing.assert_allclose(outcome.outputs, model(queries))
+    assert not outcome.reconstructed.any() and not outcome.errors
+    np.testing.assert_array_equal(members.sent["m0"], queries[[0, 2]])
+    np.testing.assert_array_equal(members.sent["parity"], queries[[0, 2]] + queries[[1, 3]])
+
+
+def test_failed_member_is_reconstructed_at_once_not_at_the_deadline():
+    members = FakeMembers(failures={"m1"})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=10.0, timeout_s=20.0)
+    outcome = asyncio.run(asyncio.wait_for(coordinator.infer(queries, members), timeout=2.0))
+    np.testing.assert_allclose(outcome.outputs, model(queries), rtol=1e-6)
+    np.testing.assert_array_equal(outcome.reconstructed, [False, True, False, True])
+    assert "m1 is down" in outcome.worker_errors[1]
+
+
+def test_straggler_is_replaced_after_the_deadline_and_originals_are_kept():
+    members = FakeMembers(delays={"m0": 5.0})
+    loop = asyncio.new_event_loop()
+    start = loop.time()
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=1.0)
+    outcome = loop.run_until_complete(coordinator.infer(queries, members))
+    elapsed = loop.time() - start
+    loop.close()
+    assert 0.05 <= elapsed < 1.0
+    np.testing.assert_allclose(outcome.outputs, model(queries), rtol=1e-6)
+    np.testing.assert_array_equal(outcome.reconstructed, [True, False, True, False])
+
+
+def test_slightly_late_original_within_the_deadline_is_not_replaced():
+    outcome = infer(queries, FakeMembers(delays={"m0": 0.01}), deadline_s=0.2)
+    assert not outcome.reconstructed.any()
+
+
+def test_zero_deadline_is_parms_race():
+    outcome = infer(queries, FakeMembers(delays={"m0": 0.2}), deadline_s=0.0)
+    np.testing.assert_array_equal(outcome.reconstructed, [True, False, True, False])
+
+
+def test_parity_late_too_waits_for_the_original():
+    members = FakeMembers(delays={"m0": 0.15, "parity": 5.0})
+    outcome = infer(queries, members, deadline_s=0.02, timeout_s=2.0)
+    assert not outcome.reconstructed.any() and not outcome.errors
+
+
+def test_two_failures_in_a_group_give_a_clear_error_at_once():
+    members = FakeMembers(failures={"m0", "parity"})
+    outcome = asyncio.run(asyncio.wait_for(
+        Coordinator(ParMAddition(K), MEMBERS, 10.0, 20.0).infer(queries, members), timeout=2.0))
+    assert sorted(outcome.errors) == [0, 2]
+    assert "m0 is down" in outcome.errors[0] and "parity is down" in outcome.errors[0]
+    np.testing.assert_allclose(outcome.outputs[[1, 3]], model(queries[[1, 3]]))
+
+
+def test_everything_late_ends_at_the_timeout_with_an_error():
+    members = FakeMembers(delays={"m0": 5.0, "parity": 5.0})
+    outcome = infer(queries, members, deadline_s=0.01, timeout_s=0.1)
+    assert sorted(outcome.errors) == [0, 2]
+    assert "no answer in time" in outcome.errors[0]
+
+
+def test_partial_group_is_protected_by_its_copy_and_the_parity():
+    one = queries[:1]
+    outcome = infer(one, FakeMembers(failures={"m0"}))
+    np.testing.assert_allclose(outcome.outputs, model(one))
+    assert not outcome.reconstructed.any()  # the copy in slot 1 answered with the original
+    outcome = infer(one, FakeMembers(failures={"m0", "m1"}))
+    assert outcome.errors  # both copies gone and k=2 cannot decode from the parity alone
+
+
+def test_member_returning_garbage_counts_as_missing():
+    class Broken(FakeMembers):
+        async def __call__(self, member, batch):
+            outputs = await super().__call__(member, batch)
+            return outputs * np.nan if member == "m0" else outputs
+
+    outcome = infer(queries, Broken())
+    np.testing.assert_array_equal(outcome.reconstructed, [True, False, True, False])
+    assert "non-finite" in outcome.worker_errors[0]
+
+
+def test_invalid_queries_are_named():
+    assert "empty batch" in invalid_query_reason(np.zeros((0, 3), np.float32))
+    assert "NaN" in invalid_query_reason(np.array([[np.nan, 0, 0]], np.float32))
+    assert invalid_query_reason(queries) is None
