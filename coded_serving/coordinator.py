@@ -231,9 +231,8 @@ class Coordinator:
 
 
 def invalid_query_reason(query: np.ndarray) -> str | None:
-    """Why a client's input cannot be served, or None; shapes and dtypes Triton checks itself."""
-    if query.shape[0] == 0:
-        return "empty batch: at least one query is needed"
+    """Why a client's input cannot be served, or None; names, shapes, dtypes and batch sizes
+    (empty ones too) are checked by Triton before the coordinator sees them."""
     if not np.isfinite(query).all():
         return "input contains NaN or infinite values"
     return None

@@ -15,8 +15,8 @@ Worker point sets (``worker_points``; M = number of coded workers):
 - ``"chebyshev2"``: cos(n pi / (M-1)), endpoints included (BACC). Default of the non-systematic codes,
   as in the papers. With M = k+1 every alpha_i lies midway (in angle) between two workers, the worst
   place for an interpolant, which is why one straggler costs so much there (CODES.md section 5).
-- ``"chebyshev1"``: cos((2n+1) pi / (2M)), interior points; with M = k+1 they never meet an alpha_i
-  and only the middle ones sit midway.
+- ``"chebyshev1"``: cos((2n+1) pi / (2M)), interior points; with M = k+1 they never meet an alpha_i,
+  the outer alpha_i sit next to a worker and only the middle ones near midway.
 - ``"approxifer"``: cos(n pi / M), the set of ApproxIFER's public code.
 - ``"midpoints"``: M points spread evenly over cos(j pi / (m k)), j = 0..mk, with m the smallest odd
   integer giving at least M of them. The angles j pi / (m k) never equal (2i+1) pi / (2k), so these
@@ -97,8 +97,9 @@ def berrut_matrix(nodes: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def smoothing_spline_matrix(nodes: np.ndarray, targets: np.ndarray, lam: float) -> np.ndarray:
     """[len(targets), len(nodes)] linear smoother of the natural cubic smoothing spline.
 
-    g = argmin (1/n) sum_i (g(t_i) - y_i)^2 + lam * integral g''^2. In Reinsch form (Green & Silverman,
-    ch. 2): node values g = (I + n lam Q R^-1 Q^T)^-1 y, second derivatives gamma = R^-1 Q^T g, then
+    g = argmin (1/n) sum_i (g(t_i) - y_i)^2 + lam * integral g''^2. Reinsch's algorithm (Green &
+    Silverman, ch. 2) with a = n lam: interior second derivatives gamma = (R + a Q^T Q)^-1 Q^T y and
+    node values g = y - a Q gamma (equal to (I + a Q R^-1 Q^T)^-1 y, but well conditioned as lam grows), then
     the piecewise cubic between nodes and the straight line beyond them (the minimiser over the
     whole line is linear outside the nodes; scipy's BSpline would extend the end cubics instead).
     Two nodes give the line through them whatever lam; one node gives that constant (every line
@@ -117,10 +118,8 @@ def smoothing_spline_matrix(nodes: np.ndarray, targets: np.ndarray, lam: float) 
         r[j, j] = (h[j] + h[j + 1]) / 3
         if j + 1 < n - 2:
             r[j, j + 1] = r[j + 1, j] = h[j + 1] / 6
-    curvature = np.zeros((n, n))  # gamma (zero at both ends) as a linear map of g
-    if n > 2:
-        curvature[1:-1] = np.linalg.solve(r, q.T)
-    smoother = np.linalg.inv(np.eye(n) + n * lam * q @ curvature[1:-1])
+    gamma = np.linalg.solve(r + n * lam * q.T @ q, q.T)  # empty for two nodes: a line
+    values = np.eye(n) - n * lam * q @ gamma
 
     # value at x in [t_j, t_j+1] (Green & Silverman eq. 2.5), as weights on g and on gamma
     x = np.clip(targets, t[0], t[-1])
@@ -146,7 +145,7 @@ def smoothing_spline_matrix(nodes: np.ndarray, targets: np.ndarray, lam: float) 
     on_g[above, -2] -= d / h[-1]
     on_gamma[above, -2] += d * h[-1] / 6
 
-    sorted_matrix = (on_g + on_gamma @ curvature) @ smoother
+    sorted_matrix = on_g @ values + on_gamma[:, 1:-1] @ gamma  # gamma is zero at both ends
     matrix = np.empty_like(sorted_matrix)
     matrix[:, order] = sorted_matrix
     return matrix

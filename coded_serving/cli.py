@@ -1,0 +1,50 @@
+"""``coded-serving serve``: the real tritonserver on loopback, with the project's backends."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coded-serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository until Ctrl-C or SIGTERM")
+    serve.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (loopback unless you mean otherwise)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--log-file", type=Path, help="server log (default: none)")
+    serve.add_argument("--log-verbose", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = ServerConfig(args.model_repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
+                          args.log_verbose)
+    return serve_forever(config, args.log_file)
+
+
+def serve_forever(config: ServerConfig, log_file: Path | None) -> int:
+    server = TritonServer(config, log_file)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError, FileNotFoundError) as error:
+            print(f"coded-serving: {error}", file=sys.stderr)
+            return 1
+        print(f"serving {config.model_repository}\n"
+              f"  HTTP    {config.http_url}\n  gRPC    {config.grpc_url}\n  metrics {config.metrics_url}\n"
+              f"Ctrl-C to stop", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

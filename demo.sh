@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Serve the shipped model repository on loopback and answer sample queries over HTTP and gRPC.
+#   ./demo.sh          keep serving afterwards, until Ctrl-C
+#   ./demo.sh --once   stop after the sample queries
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup.sh
+
+HTTP_PORT=${HTTP_PORT:-8000} GRPC_PORT=${GRPC_PORT:-8001} METRICS_PORT=${METRICS_PORT:-8002}
+mkdir -p build
+.venv/bin/coded-serving serve --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
+  --log-file build/tritonserver.log &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server' EXIT
+
+for _ in $(seq 300); do
+  curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null && break
+  kill -0 $server 2>/dev/null || { echo "server failed to start; see build/tritonserver.log" >&2; exit 1; }
+  sleep 0.5
+done
+.venv/bin/python client/query.py --model lenet5_parm --protocol http --url "127.0.0.1:$HTTP_PORT" --count 8
+.venv/bin/python client/query.py --model lenet5_parm --protocol grpc --url "127.0.0.1:$GRPC_PORT" --count 8 --first 8 --batch-size 4
+
+if [ "${1:-}" != "--once" ]; then
+  echo "still serving lenet5_parm on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC); Ctrl-C to stop"
+  wait $server
+fi

@@ -1,0 +1,60 @@
+"""A real tritonserver (the nvidia-pytriton wheel's) on loopback, shared by the serving tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tritonclient.http as http
+from google.protobuf import json_format
+
+from coded_serving.faults import FaultInjection
+from coded_serving.launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer, free_port
+from coded_serving.repository import read_config
+
+
+def start_server(repository: Path, log_path: Path) -> TritonServer:
+    config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    return TritonServer(config, log_path).start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    triton = start_server(DEFAULT_REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log")
+    yield triton
+    triton.stop()
+
+
+@pytest.fixture
+def admin(server):
+    """An HTTP client for model control; every model is back as shipped after the test."""
+    client = http.InferenceServerClient(server.config.http_url)
+    client.overridden = set()
+    yield client
+    for model in client.get_model_repository_index():
+        if model["name"] in client.overridden:  # an unchanged repository would not be re-read
+            load_with_config(client, model["name"], shipped_config(model["name"]))
+        elif model.get("state") != "READY":
+            client.load_model(model["name"])
+    client.close()
+
+
+@pytest.fixture
+def inject_faults(admin):
+    """Reload a member with fault-injection parameters in a config override."""
+    def inject(model: str, faults: FaultInjection) -> None:
+        config = shipped_config(model)
+        for key, value in faults.to_parameters().items():
+            config.parameters[key].string_value = value
+        admin.overridden.add(model)
+        load_with_config(admin, model, config)
+    return inject
+
+
+def shipped_config(model: str):
+    return read_config(DEFAULT_REPOSITORY / model / "config.pbtxt")
+
+
+def load_with_config(client: http.InferenceServerClient, model: str, config) -> None:
+    client.load_model(model, config=json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
