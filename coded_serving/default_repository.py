@@ -1,40 +1,49 @@
-"""The shipped default: LeNet-5 on Fashion-MNIST behind a ParM coded ensemble (addition, k=2)."""
+"""Repository specs for coded ensembles of an image classifier, and the shipped default:
+LeNet-5 on Fashion-MNIST behind a ParM coded ensemble (addition encoder, k=2)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .codes import CodeSpec
+from .codes import CodeSpec, make_code
 from .repository import CodedEnsembleSpec, OnnxModelSpec, RepositorySpec, TensorSpec
 
 IMAGE = TensorSpec("image", "FP32", (1, 28, 28))
 LOGITS = TensorSpec("logits", "FP32", (10,))
 DEPLOYED_ONNX = "lenet5.onnx"
 PARITY_ONNX = "lenet5_parity_parm-addition_k2.onnx"
+DEFAULT_DEADLINE_MS = 10.0
 
 
 def onnx_model(name: str, onnx_file: Path, accelerator: str | None = None) -> OnnxModelSpec:
     return OnnxModelSpec(name, onnx_file, (IMAGE,), (LOGITS,), accelerator=accelerator)
 
 
-def parm_ensemble(
-    name: str, deployed: Path, parity: Path, code: CodeSpec, deadline_ms: float = 10.0,
-    accelerator: str | None = None,
+def coded_ensemble(
+    name: str, code: CodeSpec, deployed: Path, parity: Path | None = None,
+    deadline_ms: float = DEFAULT_DEADLINE_MS, accelerator: str | None = None,
 ) -> tuple[OnnxModelSpec | CodedEnsembleSpec, ...]:
-    """A ParM coded ensemble with its k data members, its parity member, encoder and decoder."""
-    data_members = [onnx_model(f"{name}_member_{i}", deployed, accelerator) for i in range(code.k)]
-    parity_member = onnx_model(f"{name}_parity", parity, accelerator)
-    ensemble = CodedEnsembleSpec(
-        name, code, tuple(m.name for m in data_members) + (parity_member.name,), IMAGE, LOGITS,
-        deadline_ms=deadline_ms,
-    )
-    return (*data_members, parity_member, ensemble, *ensemble.codec_models())
+    """A coded ensemble with its own members, encoder and decoder.
+
+    Data members ``<name>_member_<i>`` run the deployed model on the original queries; coded
+    members ``<name>_coded_<j>`` run the parity model (ParM) or the deployed model (codes that
+    need no training) on the coded queries.
+    """
+    built = make_code(code)
+    if built.learned_parity != (parity is not None):
+        raise ValueError(f"{code.kind} {'needs' if built.learned_parity else 'takes no'} parity model")
+    data_members = [onnx_model(f"{name}_member_{i}", deployed, accelerator)
+                    for i in range(built.k if built.systematic else 0)]
+    coded_members = [onnx_model(f"{name}_coded_{j}", parity or deployed, accelerator) for j in range(built.num_coded)]
+    members = (*data_members, *coded_members)
+    ensemble = CodedEnsembleSpec(name, code, tuple(m.name for m in members), IMAGE, LOGITS, deadline_ms=deadline_ms)
+    return (*members, ensemble, *ensemble.codec_models())
 
 
 def default_repository_spec(onnx_dir: Path, accelerator: str | None = None) -> RepositorySpec:
     onnx_dir = Path(onnx_dir)
     return RepositorySpec((
         onnx_model("lenet5", onnx_dir / DEPLOYED_ONNX, accelerator),
-        *parm_ensemble("lenet5_parm", onnx_dir / DEPLOYED_ONNX, onnx_dir / PARITY_ONNX,
-                       CodeSpec("parm-addition", 2), accelerator=accelerator),
+        *coded_ensemble("lenet5_parm", CodeSpec("parm-addition", 2), onnx_dir / DEPLOYED_ONNX,
+                        onnx_dir / PARITY_ONNX, accelerator=accelerator),
     ))

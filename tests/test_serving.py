@@ -20,7 +20,7 @@ from coded_serving.faults import FaultInjection
 from coded_serving.launcher import DEFAULT_REPOSITORY
 
 ENSEMBLE = "lenet5_parm"
-MEMBERS = ["lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_parity"]
+MEMBERS = ["lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def onnx_logits(model_dir: str, batch: np.ndarray) -> np.ndarray:
 def expected_reconstruction(batch: np.ndarray, missing_slot: int) -> np.ndarray:
     """ParM's decode of slot ``missing_slot`` of every pair, computed offline from the ONNX files."""
     pairs = batch.reshape(-1, 2, *batch.shape[1:])
-    parity = onnx_logits("lenet5_parm_parity", ParMAddition(2).encode(pairs)[:, 0])
+    parity = onnx_logits("lenet5_parm_coded_0", ParMAddition(2).encode(pairs)[:, 0])
     other = onnx_logits("lenet5_parm_member_0", np.ascontiguousarray(pairs[:, 1 - missing_slot]))
     return parity - other
 

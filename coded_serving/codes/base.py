@@ -25,6 +25,8 @@ class Code(ABC):
     k: int
     num_workers: int
     systematic: bool
+    #: coded workers run a learned parity model (ParM), not the deployed model itself
+    learned_parity: bool = False
 
     @property
     def num_coded(self) -> int:

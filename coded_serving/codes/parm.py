@@ -15,6 +15,7 @@ class _ParM(Code):
     """
 
     systematic = True
+    learned_parity = True
 
     def __init__(self, k: int):
         if k < 2:

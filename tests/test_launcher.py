@@ -1,0 +1,48 @@
+"""``coded-serving serve``: starts the real server, answers, stops cleanly on SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from coded_serving.launcher import SHM_GLOB, free_port
+
+
+def serve(*args):
+    return subprocess.Popen([sys.executable, "-m", "coded_serving.cli", "serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_prints_endpoints_and_stops_cleanly(stop_signal):
+    shm_before = set(glob.glob(SHM_GLOB))
+    ports = [str(free_port()) for _ in range(3)]
+    process = serve("--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2])
+    try:
+        banner = [process.stdout.readline() for _ in range(4)]
+        assert f"127.0.0.1:{ports[0]}" in banner[1] and f"127.0.0.1:{ports[1]}" in banner[2]
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/lenet5_parm/ready", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics", timeout=5) as r:
+            assert b"nv_inference_count" in r.read()
+        start = time.monotonic()
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=40) == 0
+        assert time.monotonic() - start < 40
+    finally:
+        process.kill()
+    assert set(glob.glob(SHM_GLOB)) <= shm_before
+    assert subprocess.run(["pgrep", "-f", f"http-port={ports[0]}"], capture_output=True).returncode == 1
+
+
+def test_serve_reports_a_missing_repository(tmp_path):
+    process = serve("--model-repository", str(tmp_path / "nope"), "--http-port", str(free_port()))
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "does not exist" in output
