@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,20 @@ def export_onnx(
     module = module.eval()
     # A batch of 2 keeps the exporter from specialising the batch dimension to 1.
     example = torch.zeros((2, *sample_shape), dtype=torch.float32)
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        input_names=[input_name],
-        output_names=[output_name],
-        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    # The TorchScript exporter is chosen on purpose (a plain graph, no onnxscript needed); its
+    # deprecation notices say nothing about the file it writes.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
     if check_inputs is None:
