@@ -177,7 +177,7 @@ class TritonServer:
                 self._process.wait()
         elif self._process is not None:
             _kill_group(self._process.pid)
-        for region in set(glob.glob(SHM_GLOB)) - self._shm_before - _mapped_files():
+        for region in orphaned_shm_regions(self._shm_before):
             Path(region).unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -188,8 +188,13 @@ class TritonServer:
         self.stop()
 
 
+def orphaned_shm_regions(existing_before: set[str]) -> set[str]:
+    """Python-backend shared memory that appeared since ``existing_before`` and that no live process
+    maps (a region still mapped belongs to another running server)."""
+    return set(glob.glob(SHM_GLOB)) - existing_before - _mapped_files()
+
+
 def _mapped_files() -> set[str]:
-    """Shared memory still mapped by a live process belongs to another running server."""
     mapped = set()
     for maps in glob.glob("/proc/[0-9]*/maps"):
         try:

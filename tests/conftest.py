@@ -9,7 +9,6 @@ import pytest
 import tritonclient.http as http
 from google.protobuf import json_format
 
-from coded_serving.faults import FaultInjection
 from coded_serving.launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer, free_port
 from coded_serving.repository import read_config
 
@@ -41,15 +40,27 @@ def admin(server):
 
 
 @pytest.fixture
-def inject_faults(admin):
-    """Reload a member with fault-injection parameters in a config override."""
-    def inject(model: str, faults: FaultInjection) -> None:
+def override_parameters(admin):
+    """Reload a model with some config parameters changed, for one test."""
+    def override(model: str, parameters: dict[str, str]) -> None:
         config = shipped_config(model)
-        for key, value in faults.to_parameters().items():
+        for key, value in parameters.items():
             config.parameters[key].string_value = value
         admin.overridden.add(model)
         load_with_config(admin, model, config)
-    return inject
+    return override
+
+
+@pytest.fixture
+def inject_faults(override_parameters):
+    """Reload a member with fault-injection parameters."""
+    return lambda model, faults: override_parameters(model, faults.to_parameters())
+
+
+@pytest.fixture
+def patient_ensemble(override_parameters):
+    """The shipped ensemble with a deadline no loaded test machine misses, for exactness checks."""
+    override_parameters("lenet5_parm", {"deadline_ms": "5000"})
 
 
 def shipped_config(model: str):

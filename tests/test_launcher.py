@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from coded_serving.launcher import SHM_GLOB, free_port
+from coded_serving.launcher import SHM_GLOB, free_port, orphaned_shm_regions
 
 
 def serve(*args):
@@ -37,7 +37,7 @@ def test_serve_prints_endpoints_and_stops_cleanly(stop_signal):
         assert time.monotonic() - start < 40
     finally:
         process.kill()
-    assert set(glob.glob(SHM_GLOB)) <= shm_before
+    assert not orphaned_shm_regions(shm_before)
     assert subprocess.run(["pgrep", "-f", f"http-port={ports[0]}"], capture_output=True).returncode == 1
 
 

@@ -42,7 +42,7 @@ def expected_reconstruction(batch: np.ndarray, missing_slot: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_healthy_ensemble_answers_exactly_like_the_deployed_model(server, images, protocol):
+def test_healthy_ensemble_answers_exactly_like_the_deployed_model(server, patient_ensemble, images, protocol):
     url = server.config.http_url if protocol == "http" else server.config.grpc_url
     with ModelClient(url, ENSEMBLE, protocol) as coded, ModelClient(url, "lenet5", protocol) as direct:
         for batch in (images[:1], images[:7], images[:64]):
@@ -52,7 +52,7 @@ def test_healthy_ensemble_answers_exactly_like_the_deployed_model(server, images
             assert want.reconstructed is None
 
 
-def test_concurrent_requests_are_grouped_and_each_gets_its_own_answer(server, images):
+def test_concurrent_requests_are_grouped_and_each_gets_its_own_answer(server, patient_ensemble, images):
     want = onnx_logits("lenet5", images)
 
     def one(index):
