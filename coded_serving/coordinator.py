@@ -225,9 +225,11 @@ class Coordinator:
         race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
         calls = [call(member, np.ascontiguousarray(batch)) for member, batch in zip(self.members, worker_inputs)]
         await run_race(race, calls, self.clock)
-        if not race.needs_decode():
-            return race.outcome()
-        return race.outcome(await self.codec.decode(race.results, race.available))
+        estimates = await self.codec.decode(race.results, race.available) if race.needs_decode() else None
+        outcome = race.outcome(estimates)
+        if len(outcome.errors) < len(outcome.outputs):  # with no result at all there is nothing to finish
+            outcome.outputs = self.code.postprocess(outcome.outputs)
+        return outcome
 
 
 def invalid_query_reason(query: np.ndarray) -> str | None:

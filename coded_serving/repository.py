@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -82,6 +82,9 @@ class CodedEnsembleSpec:
     missing (0 = a pure race, as in ParM); ``timeout_ms`` bounds a request that cannot be
     decoded. ``group_wait_us`` is the dynamic batcher's delay for filling coding groups.
     ``codec="models"`` calls the standalone encoder/decoder models instead of the library.
+    ``member_output`` is what members return when it is not the answer itself (Coded-InvNet's
+    features, turned into ``output`` by the code's ``postprocess``); ``files`` are copied next to
+    the ensemble's config for the code to read (e.g. a head's weights).
     """
 
     name: str
@@ -95,6 +98,8 @@ class CodedEnsembleSpec:
     group_wait_us: int = 0
     instances: int = 2
     codec: str = "inprocess"
+    member_output: TensorSpec | None = None
+    files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         code = make_code(self.code)
@@ -105,6 +110,10 @@ class CodedEnsembleSpec:
             )
         if self.codec not in ("inprocess", "models"):
             raise ValueError(f"ensemble {self.name!r}: codec must be 'inprocess' or 'models', got {self.codec!r}")
+
+    @property
+    def worker_output(self) -> TensorSpec:
+        return self.member_output or self.output
 
     @property
     def encoder_model(self) -> str:
@@ -126,14 +135,15 @@ class CodedEnsembleSpec:
             "codec": self.codec,
             "encoder_model": self.encoder_model,
             "decoder_model": self.decoder_model,
+            "member_output": json.dumps(asdict(self.worker_output)),
         })
         return config
 
     def codec_models(self) -> tuple["CodecModelSpec", "CodecModelSpec"]:
         """The standalone encoder and decoder of this ensemble's code."""
         return (
-            CodecModelSpec(self.encoder_model, "encoder", self.code, self.input.dims, self.output.dims),
-            CodecModelSpec(self.decoder_model, "decoder", self.code, self.input.dims, self.output.dims),
+            CodecModelSpec(self.encoder_model, "encoder", self.code, self.input.dims, self.worker_output.dims),
+            CodecModelSpec(self.decoder_model, "decoder", self.code, self.input.dims, self.worker_output.dims),
         )
 
 
@@ -141,7 +151,7 @@ class CodedEnsembleSpec:
 class CodecModelSpec:
     """A standalone encoder or decoder: one item of its batch is one coding group.
 
-    encoder: ``queries`` [k, *query_dims] -> ``coded_queries`` [num_coded, *query_dims]
+    encoder: ``queries`` [k, *query_dims] -> ``coded_queries`` [num_coded, *coded_query_dims]
     decoder: ``results`` [num_workers, *output_dims], ``available`` BOOL [num_workers]
              -> ``estimates`` [k, *output_dims]
     """
@@ -158,7 +168,7 @@ class CodecModelSpec:
         if self.role == "encoder":
             return (
                 (TensorSpec("queries", "FP32", (code.k, *self.query_dims)),),
-                (TensorSpec("coded_queries", "FP32", (code.num_coded, *self.query_dims)),),
+                (TensorSpec("coded_queries", "FP32", (code.num_coded, *code.coded_query_shape(self.query_dims))),),
             )
         if self.role == "decoder":
             return (
@@ -209,6 +219,8 @@ def write_repository(spec: RepositorySpec, path: Path) -> Path:
         else:  # a Python-based model still needs a version folder; git keeps it through the marker
             (model_dir / "1").mkdir()
             (model_dir / "1" / ".gitkeep").touch()
+        for file in getattr(model, "files", ()):
+            shutil.copyfile(file, model_dir / "1" / Path(file).name)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(model.config()))
     return path
 
@@ -255,7 +267,13 @@ def ensemble_from_model_config(config: dict) -> CodedEnsembleSpec:
         group_wait_us=int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0)),
         instances=int(config["instance_group"][0]["count"]),
         codec=parameters["codec"],
+        member_output=_member_output(json.loads(parameters["member_output"]), output),
     )
+
+
+def _member_output(tensor: dict, output: TensorSpec) -> TensorSpec | None:
+    member_output = TensorSpec(tensor["name"], tensor["dtype"], tuple(tensor["dims"]))
+    return None if member_output == output else member_output
 
 
 def _tensor_from_json(tensor: dict) -> TensorSpec:

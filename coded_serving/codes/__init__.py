@@ -1,5 +1,7 @@
 """The codes the coded ensemble serves; ``make_code`` builds one from its spec."""
 
+from pathlib import Path
+
 from .base import Code, CodeSpec
 from .interpolation import Berrut, NeRCC
 from .parm import ParMAddition, ParMConcatenation
@@ -12,12 +14,16 @@ CODES: dict[str, type[Code]] = {
 }
 
 
-def make_code(spec: CodeSpec) -> Code:
+def make_code(spec: CodeSpec, resource_dir: Path | None = None) -> Code:
+    """``resource_dir`` holds the files a code's params name (e.g. a head's weights), if any."""
     try:
         code_class = CODES[spec.kind]
     except KeyError:
         raise ValueError(f"unknown code {spec.kind!r}; known: {sorted(CODES)}") from None
-    return code_class(spec.k, **spec.params)
+    params = dict(spec.params)
+    if getattr(code_class, "uses_files", False):
+        params["resource_dir"] = resource_dir
+    return code_class(spec.k, **params)
 
 
 __all__ = ["Berrut", "CODES", "Code", "CodeSpec", "NeRCC", "ParMAddition", "ParMConcatenation", "make_code"]

@@ -41,6 +41,18 @@ class Code(ABC):
     @abstractmethod
     def decodable(self, available: np.ndarray) -> bool: ...
 
+    def coded_query_shape(self, query_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one coded worker's query, given one original query's."""
+        return tuple(query_shape)
+
+    def postprocess(self, outputs: np.ndarray) -> np.ndarray:
+        """Final answers from worker outputs (originals or decoded), [n, *out] -> [n, *answer].
+
+        Identity for codes whose workers return the answer itself; codes that decode in a
+        feature space (Coded-InvNet) apply the model's head here.
+        """
+        return outputs
+
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim < 2 or queries.shape[1] != self.k:

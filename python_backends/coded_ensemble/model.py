@@ -7,6 +7,7 @@ one response: its outputs (``reconstructed`` says which were decoded) or an erro
 
 import asyncio
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,7 +28,7 @@ class MemberError(RuntimeError):
 class TritonPythonModel:
     def initialize(self, args):
         self.spec = ensemble_from_model_config(json.loads(args["model_config"]))
-        code = make_code(self.spec.code)
+        code = make_code(self.spec.code, os.path.join(args["model_repository"], args["model_version"]))
         codec = ModelCodec(self.spec, code.num_workers) if self.spec.codec == "models" else None
         self.coordinator = Coordinator(
             code, self.spec.members, self.spec.deadline_ms / 1000, self.spec.timeout_ms / 1000, codec=codec
@@ -63,7 +64,7 @@ class TritonPythonModel:
         return responses
 
     async def _call_member(self, member, batch):
-        return await _infer(member, {self.spec.input.name: batch}, self.spec.output.name)
+        return await _infer(member, {self.spec.input.name: batch}, self.spec.worker_output.name)
 
 
 class ModelCodec:
