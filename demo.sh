@@ -8,6 +8,10 @@ source scripts/setup.sh
 
 HTTP_PORT=${HTTP_PORT:-8000} GRPC_PORT=${GRPC_PORT:-8001} METRICS_PORT=${METRICS_PORT:-8002}
 mkdir -p build
+if curl -s "http://127.0.0.1:$HTTP_PORT/v2/health/live" >/dev/null; then
+  echo "port $HTTP_PORT already answers: stop that server or set HTTP_PORT/GRPC_PORT/METRICS_PORT" >&2
+  exit 1
+fi
 .venv/bin/coded-serving serve --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" \
   --log-file build/tritonserver.log &
 server=$!

@@ -125,6 +125,8 @@ class TritonServer:
     def start(self, ready_timeout_s: float = 120.0) -> "TritonServer":
         if not Path(self.config.model_repository).is_dir():
             raise FileNotFoundError(f"model repository {self.config.model_repository} does not exist")
+        for port in (self.config.http_port, self.config.grpc_port, self.config.metrics_port):
+            _check_port_free(self.config.host, port)
         backends = build_backend_directory(self._workdir / "backends")
         self._shm_before = set(glob.glob(SHM_GLOB))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -160,6 +162,10 @@ class TritonServer:
         return f"; see {self.log_path}" if self.log_path else "; pass a log path to see why"
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -167,16 +173,16 @@ class TritonServer:
         return self._process.wait()
 
     def stop(self) -> None:
-        """SIGTERM, SIGKILL after the margin, then remove the shared memory the server left."""
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(self.config.stop_margin_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-        elif self._process is not None:
-            _kill_group(self._process.pid)
+        """SIGTERM, SIGKILL after the margin, then remove what the server left behind."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                os.killpg(self._process.pid, signal.SIGTERM)
+                try:
+                    self._process.wait(self.config.stop_margin_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            _kill_group(self._process.pid)  # the server's own session: it and any backend stub it left
+            self._process.wait()
         for region in orphaned_shm_regions(self._shm_before):
             Path(region).unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -194,6 +200,15 @@ def orphaned_shm_regions(existing_before: set[str]) -> set[str]:
     return set(glob.glob(SHM_GLOB)) - existing_before - _mapped_files()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port would leave clients talking to some other server: refuse it up front."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise RuntimeError(f"port {port} on {host} is already in use") from None
+
+
 def _mapped_files() -> set[str]:
     mapped = set()
     for maps in glob.glob("/proc/[0-9]*/maps"):
@@ -206,7 +221,7 @@ def _mapped_files() -> set[str]:
 
 
 def _kill_group(pid: int) -> None:
-    """Stubs of a server that died must not outlive it."""
+    """Backend stubs must not outlive their server."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from coded_serving.launcher import SHM_GLOB, free_port, orphaned_shm_regions
+from coded_serving.launcher import SHM_GLOB, ServerConfig, TritonServer, free_port, orphaned_shm_regions
 
 
 def serve(*args):
@@ -39,6 +41,29 @@ def test_serve_prints_endpoints_and_stops_cleanly(stop_signal):
         process.kill()
     assert not orphaned_shm_regions(shm_before)
     assert subprocess.run(["pgrep", "-f", f"http-port={ports[0]}"], capture_output=True).returncode == 1
+
+
+def test_stop_leaves_no_process_of_the_server_behind():
+    server = TritonServer(ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())).start()
+    group = [pid for pid in _pids() if os.getpgid(pid) == server.pid]
+    assert len(group) > 5  # the server and its backend stubs
+    server.stop()
+    assert not [pid for pid in group if pid in _pids()]
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def test_serve_refuses_a_port_in_use():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = serve("--http-port", str(port))
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in output
 
 
 def test_serve_reports_a_missing_repository(tmp_path):
