@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from coded_serving.launcher import SHM_GLOB, ServerConfig, TritonServer, free_port, orphaned_shm_regions
+from coded_serving.launcher import ServerConfig, TritonServer, free_port
 
 
 def serve(*args):
@@ -23,7 +22,6 @@ def serve(*args):
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_prints_endpoints_and_stops_cleanly(stop_signal):
-    shm_before = set(glob.glob(SHM_GLOB))
     ports = [str(free_port()) for _ in range(3)]
     process = serve("--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2])
     try:
@@ -33,26 +31,55 @@ def test_serve_prints_endpoints_and_stops_cleanly(stop_signal):
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics", timeout=5) as r:
             assert b"nv_inference_count" in r.read()
+        (server_pid,) = [pid for pid in _pids() if f"--http-port={ports[0]}" in _cmdline(pid)]
+        group = _group(server_pid)
         start = time.monotonic()
         process.send_signal(stop_signal)
         assert process.wait(timeout=40) == 0
         assert time.monotonic() - start < 40
     finally:
         process.kill()
-    assert not orphaned_shm_regions(shm_before)
-    assert subprocess.run(["pgrep", "-f", f"http-port={ports[0]}"], capture_output=True).returncode == 1
+    _assert_gone(group)
+
+
+def _assert_gone(group: dict[int, str]) -> None:
+    """No process of the server's session is left, nor any shared memory its stubs were given."""
+    regions = [word for cmdline in group.values() for word in cmdline.split() if "_shm_region_" in word]
+    assert regions
+    assert not [pid for pid in group if pid in _pids()]
+    assert not [region for region in regions if os.path.exists(f"/dev/shm/{region}")]
 
 
 def test_stop_leaves_no_process_of_the_server_behind():
     server = TritonServer(ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())).start()
-    group = [pid for pid in _pids() if os.getpgid(pid) == server.pid]
+    group = _group(server.pid)
     assert len(group) > 5  # the server and its backend stubs
     server.stop()
-    assert not [pid for pid in group if pid in _pids()]
+    _assert_gone(group)
 
 
 def _pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _group(leader: int) -> dict[int, str]:
+    """The processes of a server's session, with their command lines."""
+    group = {}
+    for pid in _pids():
+        try:
+            if os.getpgid(pid) == leader:
+                group[pid] = _cmdline(pid)
+        except ProcessLookupError:
+            continue
+    return group
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_serve_refuses_a_port_in_use():
