@@ -56,7 +56,11 @@ class Outcome:
     outputs: np.ndarray
     reconstructed: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
+    #: workers that failed (error, unloaded, bad output), with why
     worker_errors: dict[int, str] = field(default_factory=dict)
+    #: workers still without an answer when the race ended past their deadline
+    late_workers: tuple[int, ...] = ()
+    decode_s: float = 0.0
 
 
 PENDING, ANSWERED, FAILED = 0, 1, 2
@@ -154,7 +158,8 @@ class GroupRace:
         for slot in np.flatnonzero(originals):
             outputs[self.layout.slots[:, slot]] = self.results[:, slot]
         errors = {int(q): self._failure_message() for q in np.flatnonzero(~answered)}
-        return Outcome(outputs, reconstructed, errors, dict(self.worker_errors))
+        late = tuple(np.flatnonzero(self.state == PENDING).tolist()) if self._now >= self.deadline else ()
+        return Outcome(outputs, reconstructed, errors, dict(self.worker_errors), late)
 
     def _failure_message(self) -> str:
         missing = [w for w in range(self.code.num_workers) if self.state[w] != ANSWERED]
@@ -225,8 +230,10 @@ class Coordinator:
         race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
         calls = [call(member, np.ascontiguousarray(batch)) for member, batch in zip(self.members, worker_inputs)]
         await run_race(race, calls, self.clock)
+        decode_start = self.clock()
         estimates = await self.codec.decode(race.results, race.available) if race.needs_decode() else None
         outcome = race.outcome(estimates)
+        outcome.decode_s = self.clock() - decode_start if estimates is not None else 0.0
         if len(outcome.errors) < len(outcome.outputs):  # with no result at all there is nothing to finish
             outcome.outputs = self.code.postprocess(outcome.outputs)
         return outcome

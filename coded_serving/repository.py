@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .codes import CodeSpec, make_code
+from .remote import RemoteMember, is_remote
 
 DTYPES = {"FP32": mc.TYPE_FP32, "BOOL": mc.TYPE_BOOL, "INT64": mc.TYPE_INT64}
 NUMPY_DTYPES = {"FP32": "float32", "BOOL": "bool", "INT64": "int64"}
@@ -82,6 +83,9 @@ class CodedEnsembleSpec:
     missing (0 = a pure race, as in ParM); ``timeout_ms`` bounds a request that cannot be
     decoded. ``group_wait_us`` is the dynamic batcher's delay for filling coding groups.
     ``codec="models"`` calls the standalone encoder/decoder models instead of the library.
+    A member named ``grpc://host:port/model`` is a model on another Triton server.
+    ``max_queue_size`` bounds the requests waiting for the coordinator: past it, Triton
+    rejects new ones at once with an error instead of letting latency grow without bound.
     ``member_output`` is what members return when it is not the answer itself (Coded-InvNet's
     features, turned into ``output`` by the code's ``postprocess``); ``files`` are copied next to
     the ensemble's config for the code to read (e.g. a head's weights).
@@ -100,8 +104,11 @@ class CodedEnsembleSpec:
     codec: str = "inprocess"
     member_output: TensorSpec | None = None
     files: tuple[Path, ...] = ()
+    max_queue_size: int = 256
 
     def __post_init__(self) -> None:
+        for member in filter(is_remote, self.members):
+            RemoteMember.parse(member)
         code = make_code(self.code)
         if len(self.members) != code.num_workers:
             raise ValueError(
@@ -127,6 +134,7 @@ class CodedEnsembleSpec:
         outputs = (self.output, TensorSpec(RECONSTRUCTED, "BOOL", (1,)))
         config = _base_config(self.name, "coded_ensemble", self.max_batch_size, (self.input,), outputs, self.instances)
         config.dynamic_batching.max_queue_delay_microseconds = self.group_wait_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = self.max_queue_size
         _set_parameters(config, {
             "code": json.dumps(self.code.to_dict()),
             "members": ",".join(self.members),
@@ -200,7 +208,7 @@ class RepositorySpec:
             raise ValueError(f"model names used twice: {duplicates}")
         for model in self.models:
             if isinstance(model, CodedEnsembleSpec):
-                missing = sorted(set(model.members) - set(names))
+                missing = sorted(m for m in set(model.members) - set(names) if not is_remote(m))
                 if missing:
                     raise ValueError(f"ensemble {model.name!r} names members that are not in the repository: {missing}")
 
@@ -254,6 +262,7 @@ def ensemble_from_model_config(config: dict) -> CodedEnsembleSpec:
     parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
     tensors = [_tensor_from_json(t) for t in config["input"]], [_tensor_from_json(t) for t in config["output"]]
     (query,), outputs = tensors
+    batching = config.get("dynamic_batching", {})
     (output,) = [t for t in outputs if t.name != RECONSTRUCTED]
     return CodedEnsembleSpec(
         name=config["name"],
@@ -264,7 +273,8 @@ def ensemble_from_model_config(config: dict) -> CodedEnsembleSpec:
         deadline_ms=float(parameters["deadline_ms"]),
         timeout_ms=float(parameters["timeout_ms"]),
         max_batch_size=int(config.get("max_batch_size", 0)),
-        group_wait_us=int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0)),
+        group_wait_us=int(batching.get("max_queue_delay_microseconds", 0)),
+        max_queue_size=int(batching.get("default_queue_policy", {}).get("max_queue_size", 0)),
         instances=int(config["instance_group"][0]["count"]),
         codec=parameters["codec"],
         member_output=_member_output(json.loads(parameters["member_output"]), output),

@@ -136,3 +136,13 @@ def test_member_returning_garbage_counts_as_missing():
 def test_invalid_queries_are_named():
     assert "NaN" in invalid_query_reason(np.array([[np.nan, 0, 0]], np.float32))
     assert invalid_query_reason(queries) is None
+
+
+def test_outcome_names_late_and_failed_workers_and_times_the_decode():
+    outcome = infer(queries, FakeMembers(delays={"m0": 5.0}, failures={"m1"}), deadline_s=0.02, timeout_s=0.2)
+    assert outcome.late_workers == (0,) and list(outcome.worker_errors) == [1]
+    assert outcome.errors  # two of three missing: nothing to decode from
+    outcome = infer(queries, FakeMembers(delays={"m0": 5.0}), deadline_s=0.02)
+    assert outcome.late_workers == (0,) and outcome.decode_s > 0
+    outcome = infer(queries, FakeMembers(delays={"parity": 5.0}), deadline_s=0.02)
+    assert outcome.late_workers == () and outcome.decode_s == 0  # the race ended before the deadline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -193,3 +194,28 @@ def test_standalone_encoder_and_decoder_match_the_library(server, images):
             client.infer("lenet5_parm_decoder", inputs)
     finally:
         client.close()
+
+
+def test_metrics_count_queries_reconstructions_and_member_failures(server, admin, images):
+    def scrape():
+        with urllib.request.urlopen(server.config.metrics_url, timeout=10) as page:
+            return page.read().decode()
+
+    def value(page, name, **labels):
+        wanted = {"model": ENSEMBLE, **labels}
+        for line in page.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in wanted.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = scrape()
+    admin.unload_model(MEMBERS[0])
+    with ModelClient(server.config.http_url, ENSEMBLE) as client:
+        client.infer(images[:8])
+    after = scrape()
+    assert value(after, "coded_queries_total") - value(before, "coded_queries_total") == 8
+    assert value(after, "coded_reconstructed_total") - value(before, "coded_reconstructed_total") == 4
+    assert value(after, "coded_groups_total") - value(before, "coded_groups_total") == 4
+    assert value(after, "coded_member_errors_total", member=MEMBERS[0]) > value(
+        before, "coded_member_errors_total", member=MEMBERS[0])
+    assert value(after, "coded_decode_duration_us_total") > value(before, "coded_decode_duration_us_total")

@@ -14,7 +14,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from coded_serving.codes import make_code
-from coded_serving.coordinator import Coordinator, invalid_query_reason
+from coded_serving.coordinator import Coordinator, GroupLayout, invalid_query_reason
+from coded_serving.remote import RemoteMembers, is_remote
 from coded_serving.repository import RECONSTRUCTED, ensemble_from_model_config
 
 #: late members hold executor threads until they answer; too few threads starve new requests
@@ -33,6 +34,8 @@ class TritonPythonModel:
         self.coordinator = Coordinator(
             code, self.spec.members, self.spec.deadline_ms / 1000, self.spec.timeout_ms / 1000, codec=codec
         )
+        self.remote = RemoteMembers(self.spec.timeout_ms / 1000)
+        self.metrics = EnsembleMetrics(self.spec.name, self.spec.members)
         self._executor_ready = False
 
     async def execute(self, requests):
@@ -51,6 +54,7 @@ class TritonPythonModel:
         if queries:
             sizes = [len(q) for q in queries]
             outcome = await self.coordinator.infer(np.concatenate(queries), self._call_member)
+            self.metrics.record(outcome, GroupLayout.for_queries(sum(sizes), self.coordinator.code.k))
             offsets = np.cumsum([0] + sizes)
             for owner, begin, end in zip(owners, offsets[:-1], offsets[1:]):
                 errors = [outcome.errors[q] for q in range(begin, end) if q in outcome.errors]
@@ -64,7 +68,45 @@ class TritonPythonModel:
         return responses
 
     async def _call_member(self, member, batch):
+        if is_remote(member):
+            return await self.remote.infer(member, self.spec.input.name, batch, self.spec.worker_output.name)
         return await _infer(member, {self.spec.input.name: batch}, self.spec.worker_output.name)
+
+
+class EnsembleMetrics:
+    """Prometheus counters on Triton's metrics port (custom-metrics API). The batcher's queue
+    delay, i.e. the time spent forming coding groups, is Triton's own nv_inference_queue_duration_us."""
+
+    def __init__(self, model, members):
+        self._families = {}  # a metric must not outlive its family
+
+        def counter(name, description, **labels):
+            if name not in self._families:
+                self._families[name] = pb_utils.MetricFamily(
+                    name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+            return self._families[name].Metric(labels={"model": model, **labels})
+
+        self.queries = counter("coded_queries_total", "queries answered by a coded ensemble")
+        self.reconstructed = counter("coded_reconstructed_total", "queries answered by a reconstruction")
+        self.failed = counter("coded_query_errors_total", "queries answered with an error")
+        self.groups = counter("coded_groups_total", "coding groups formed")
+        self.padding = counter("coded_padded_slots_total", "slots of partial groups filled with copies")
+        self.decode_us = counter("coded_decode_duration_us_total", "time spent decoding")
+        self.member_errors = [counter("coded_member_errors_total", "member calls that failed", member=m) for m in members]
+        self.member_late = [counter("coded_member_late_total", "member calls past the deadline", member=m)
+                            for m in members]
+
+    def record(self, outcome, layout):
+        self.queries.increment(len(outcome.outputs))
+        self.reconstructed.increment(int(outcome.reconstructed.sum()))
+        self.failed.increment(len(outcome.errors))
+        self.groups.increment(layout.slots.shape[0])
+        self.padding.increment(layout.slots.size - layout.num_queries)
+        self.decode_us.increment(outcome.decode_s * 1e6)
+        for worker in outcome.worker_errors:
+            self.member_errors[worker].increment(1)
+        for worker in outcome.late_workers:
+            self.member_late[worker].increment(1)
 
 
 class ModelCodec:
