@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 
 from coded_serving.client import ModelClient
 from coded_serving.data import load_fashion_mnist

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
-from .launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer
+from .launcher import ADMIN_HEADER, DEFAULT_REPOSITORY, ServerConfig, TritonServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository until Ctrl-C or SIGTERM")
     serve.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    serve.add_argument("--host", default="127.0.0.1", help="listen address (loopback unless you mean otherwise)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="listen address; beyond loopback, model control needs --admin-key (or $CODED_SERVING_ADMIN_KEY)")
+    serve.add_argument("--admin-key", default=os.environ.get("CODED_SERVING_ADMIN_KEY"),
+                       help=f"value of the '{ADMIN_HEADER}' header that model control calls must carry off loopback")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
@@ -23,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
     config = ServerConfig(args.model_repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                          args.log_verbose)
+                          args.log_verbose, admin_key=args.admin_key)
     return serve_forever(config, args.log_file)
 
 
@@ -33,7 +37,7 @@ def serve_forever(config: ServerConfig, log_file: Path | None) -> int:
     try:
         try:
             server.start()
-        except (RuntimeError, TimeoutError, FileNotFoundError) as error:
+        except (RuntimeError, TimeoutError, FileNotFoundError, ValueError) as error:
             print(f"coded-serving: {error}", file=sys.stderr)
             return 1
         print(f"serving {config.model_repository}\n"

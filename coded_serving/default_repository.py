@@ -47,3 +47,11 @@ def default_repository_spec(onnx_dir: Path, accelerator: str | None = None) -> R
         *coded_ensemble("lenet5_parm", CodeSpec("parm-addition", 2), onnx_dir / DEPLOYED_ONNX,
                         onnx_dir / PARITY_ONNX, accelerator=accelerator),
     ))
+
+
+def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
+    """The ONNX files a default repository was written from, for building other repositories."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / DEPLOYED_ONNX).write_bytes((repository / "lenet5" / "1" / "model.onnx").read_bytes())
+    (target / PARITY_ONNX).write_bytes((repository / "lenet5_parm_coded_0" / "1" / "model.onnx").read_bytes())
+    return target

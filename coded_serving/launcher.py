@@ -9,6 +9,7 @@ the NGC image with its native backends.
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 PROJECT_BACKENDS = PROJECT_ROOT / "python_backends"
 SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+ADMIN_HEADER = "coded-serving-admin-key"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class ServerConfig:
     log_verbose: int = 0
     #: seconds between SIGTERM and SIGKILL when stopping
     stop_margin_s: float = 15.0
+    #: when set, model control and repository calls need it in the ``coded-serving-admin-key``
+    #: header; required to listen beyond loopback
+    admin_key: str | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(socket.gethostbyname(self.host)).is_loopback
 
     @property
     def http_url(self) -> str:
@@ -120,7 +129,17 @@ class TritonServer:
             "--cuda-memory-pool-byte-size=0:0",
             "--exit-timeout-secs=5",
             f"--log-verbose={c.log_verbose}",
+            *self._restrictions(),
         ]
+
+    def _restrictions(self) -> list[str]:
+        """Loading, unloading and reconfiguring models is for the operator: off loopback, only with a key."""
+        if not self.config.admin_key:
+            if self.config.loopback:
+                return []
+            raise ValueError(f"serving on {self.config.host} (not loopback) needs an admin key for model control")
+        apis = f"model-repository,model-config,shared-memory,trace,logging:{ADMIN_HEADER}={self.config.admin_key}"
+        return [f"--http-restricted-api={apis}", f"--grpc-restricted-protocol={apis}"]
 
     def start(self, ready_timeout_s: float = 120.0) -> "TritonServer":
         if not Path(self.config.model_repository).is_dir():
@@ -203,6 +222,7 @@ def orphaned_shm_regions(existing_before: set[str]) -> set[str]:
 def _check_port_free(host: str, port: int) -> None:
     """A busy port would leave clients talking to some other server: refuse it up front."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
         try:
             sock.bind((host, port))
         except OSError:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .client import ModelClient
-from .default_repository import DEPLOYED_ONNX, PARITY_ONNX, default_repository_spec
+from .default_repository import default_repository_spec
 from .repository import CodedEnsembleSpec, RepositorySpec, write_repository
 
 DIRECT = "lenet5"
@@ -86,10 +86,3 @@ def summarize(model: str, protocol: str, concurrency: int, latencies: np.ndarray
 def machine_description() -> str:
     import os
     return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"
-
-
-def onnx_files_of_shipped_repository(repository: Path, target: Path) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    (target / DEPLOYED_ONNX).write_bytes((repository / DIRECT / "1" / "model.onnx").read_bytes())
-    (target / PARITY_ONNX).write_bytes((repository / f"{IN_PROCESS}_coded_0" / "1" / "model.onnx").read_bytes())
-    return target

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from coded_serving.data import load_fashion_mnist
+from coded_serving.default_repository import onnx_files_of_default_repository
 from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
 from coded_serving.overhead import (
-    DIRECT, IN_PROCESS, MODEL_CODEC, loaded_run, machine_description, onnx_files_of_shipped_repository,
-    overhead_repository, sequential_latencies, summarize,
+    DIRECT, IN_PROCESS, MODEL_CODEC, loaded_run, machine_description,
+    overhead_repository, sequential_latencies,
 )
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     images = load_fashion_mnist().test.images[:256]
     models = [DIRECT, IN_PROCESS, MODEL_CODEC]
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_dir = onnx_files_of_shipped_repository(DEFAULT_REPOSITORY, Path(tmp) / "onnx")
+        onnx_dir = onnx_files_of_default_repository(DEFAULT_REPOSITORY, Path(tmp) / "onnx")
         repository = overhead_repository(onnx_dir, Path(tmp) / "repository")
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with TritonServer(config, Path(tmp) / "server.log"):

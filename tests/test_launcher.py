@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from coded_serving.launcher import ServerConfig, TritonServer, free_port
+from coded_serving.launcher import ADMIN_HEADER, ServerConfig, TritonServer, free_port
 
 
 def serve(*args):
@@ -98,3 +100,27 @@ def test_serve_reports_a_missing_repository(tmp_path):
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "does not exist" in output
+
+
+def test_model_control_needs_the_admin_key_when_one_is_set():
+    """Beyond loopback a key is required; with a key, inference stays open and model control needs it."""
+    with pytest.raises(ValueError, match="needs an admin key"):
+        TritonServer(ServerConfig(host="0.0.0.0")).command(Path("/backends"))
+    config = ServerConfig(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), admin_key="s3cret")
+    with TritonServer(config) as server:
+        url = f"http://{config.http_url}"
+        assert _request(f"{url}/v2/repository/models/lenet5/unload") == 403
+        assert _request(f"{url}/v2/repository/models/lenet5/unload", {ADMIN_HEADER: "wrong"}) == 403
+        assert _request(f"{url}/v2/models/lenet5/ready", method="GET") == 200
+        assert _request(f"{url}/v2/repository/models/lenet5/unload", {ADMIN_HEADER: "s3cret"}) == 200
+        assert _request(f"{url}/v2/models/lenet5/ready", method="GET") == 400
+        assert server.running
+
+
+def _request(url: str, headers: dict | None = None, method: str = "POST") -> int:
+    request = urllib.request.Request(url, data=b"" if method == "POST" else None, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code

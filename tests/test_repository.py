@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from coded_serving.cluster import frontend_repository_spec, write_cluster
 from coded_serving.codes import CodeSpec
+from coded_serving.default_repository import onnx_files_of_default_repository
 from coded_serving.default_repository import IMAGE, LOGITS, coded_ensemble, default_repository_spec
 from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_BACKENDS, PROJECT_ROOT
 from coded_serving.repository import (
@@ -18,6 +20,8 @@ from coded_serving.repository import (
 )
 
 SHIPPED_CONFIGS = sorted(DEFAULT_REPOSITORY.glob("*/config.pbtxt"))
+CLUSTER_REPOSITORY = PROJECT_ROOT / "cluster_repository"
+CLUSTER_CONFIGS = sorted(CLUSTER_REPOSITORY.glob("*/*/config.pbtxt"))
 
 
 def test_the_shipped_repository_has_the_default_models():
@@ -26,7 +30,7 @@ def test_the_shipped_repository_has_the_default_models():
             "lenet5_parm_encoder", "lenet5_parm_decoder"} == names
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS + CLUSTER_CONFIGS, ids=lambda p: str(p.parent.relative_to(PROJECT_ROOT)))
 def test_every_shipped_config_parses_as_a_triton_model_config(path):
     config = read_config(path)
     assert config.name == path.parent.name
@@ -47,6 +51,21 @@ def test_shipped_repository_is_what_the_spec_writes(tmp_path):
     written = write_repository(default_repository_spec(onnx_dir), tmp_path / "repo")
     for path in SHIPPED_CONFIGS:
         assert (written / path.parent.name / "config.pbtxt").read_text() == path.read_text()
+
+
+def test_shipped_cluster_repository_is_what_the_spec_writes(tmp_path):
+    onnx_dir = onnx_files_of_default_repository(DEFAULT_REPOSITORY, tmp_path / "onnx")
+    write_cluster(onnx_dir, ["worker-0:8001", "worker-1:8001", "worker-2:8001"], tmp_path / "cluster")
+    assert len(CLUSTER_CONFIGS) == 5
+    for path in CLUSTER_CONFIGS:
+        assert (tmp_path / "cluster" / path.relative_to(CLUSTER_REPOSITORY)).read_text() == path.read_text()
+
+
+def test_remote_members_are_validated_and_not_looked_up_locally():
+    spec = frontend_repository_spec(Path("x"), ["w0:1", "w1:2", "w2:3"])
+    assert spec.models[0].members[0] == "grpc://w0:1/lenet5"
+    with pytest.raises(ValueError, match="grpc://host:port/model"):
+        CodedEnsembleSpec("e", CodeSpec("parm-addition", 2), ("grpc://w0/m", "b", "c"), IMAGE, LOGITS)
 
 
 def test_ensemble_spec_survives_the_json_config_triton_hands_the_backend():
@@ -85,7 +104,7 @@ def compose_command() -> list[str]:
 
 
 def test_docker_compose_file_is_valid():
-    for profile in ([], ["--profile", "cpu"]):
+    for profile in ([], ["--profile", "cpu"], ["--profile", "cluster"]):
         result = subprocess.run([*compose_command(), *profile, "config"], cwd=PROJECT_ROOT, capture_output=True,
                                 text=True, check=True)
         assert "127.0.0.1:8000" in result.stdout or "host_ip: 127.0.0.1" in result.stdout

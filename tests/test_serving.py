@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,6 @@ from tritonclient.utils import InferenceServerException
 from coded_serving.client import ModelClient
 from coded_serving.codes import ParMAddition
 from coded_serving.data import load_fashion_mnist
-from coded_serving.default_repository import DEPLOYED_ONNX, PARITY_ONNX
 from coded_serving.faults import FaultInjection
 from coded_serving.launcher import DEFAULT_REPOSITORY
 
