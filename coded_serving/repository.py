@@ -44,7 +44,8 @@ class OnnxModelSpec:
     """A model served from an ONNX file: a deployed model, a member, a parity model.
 
     ``accelerator="tensorrt"`` asks the ONNX Runtime backend for its TensorRT execution
-    provider (GPU only; the CPU backend of this project ignores it).
+    provider (GPU only; the CPU backend of this project ignores it). ``parameters`` go to the
+    backend as they are (e.g. the project's fault injection, coded_serving.faults).
     """
 
     name: str
@@ -54,6 +55,7 @@ class OnnxModelSpec:
     max_batch_size: int = 64
     instances: int = 1
     accelerator: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
 
     def config(self) -> mc.ModelConfig:
         # No instance kind: Triton picks the GPU where there is one, else the CPU.
@@ -61,6 +63,7 @@ class OnnxModelSpec:
                               kind=None)
         config.default_model_filename = "model.onnx"
         config.dynamic_batching.SetInParent()
+        _set_parameters(config, self.parameters)
         if self.accelerator == "tensorrt":
             accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
             accelerator.name = "tensorrt"
