@@ -68,4 +68,7 @@ def shipped_config(model: str):
 
 
 def load_with_config(client: http.InferenceServerClient, model: str, config) -> None:
+    """Unload first: reloading a live Python-backend model in place can crash tritonserver 2.51
+    (a segfault in the Python backend's execute while the old instance is torn down)."""
+    client.unload_model(model)
     client.load_model(model, config=json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))

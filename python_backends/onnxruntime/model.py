@@ -28,15 +28,17 @@ class TritonPythonModel:
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        self.faults = FaultInjector(FaultInjection.from_parameters(parameters))
+        faults = FaultInjection.from_parameters(parameters)
+        # a multi-instance model may have only some instances misbehave
+        self.faults = FaultInjector(faults if faults.applies_to(args["model_instance_name"]) else FaultInjection())
 
     def execute(self, requests):
         delay = self.faults.next_delay_s()
         if delay:
             time.sleep(delay)
         if self.faults.next_error():
-            error = pb_utils.TritonError("injected failure")
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+            # one error object per response: the Python backend releases each response's error
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")) for _ in requests]
         inputs = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.input_names]
         sizes = [len(batch) for batch in inputs[0]]
         feed = {name: np.concatenate(batches) for name, batches in zip(self.input_names, inputs)}
