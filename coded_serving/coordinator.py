@@ -106,6 +106,14 @@ class GroupRace:
     def advance(self, now: float) -> None:
         self._now = now
 
+    def retry(self, workers: list[int], now: float, deadline_s: float) -> None:
+        """Give failed ``workers`` a second chance, with a fresh deadline."""
+        self.state[workers] = PENDING
+        for worker in workers:
+            self.worker_errors.pop(worker, None)
+        self.deadline = now + deadline_s
+        self.timeout = max(self.timeout, self.deadline)
+
     @property
     def available(self) -> np.ndarray:
         return self.state == ANSWERED
@@ -140,6 +148,9 @@ class GroupRace:
                 return instant - self._now
         return None
 
+    def outcome_has_errors(self) -> bool:
+        return not (self._query_has_original().all() or self._can_decode())
+
     def needs_decode(self) -> bool:
         return not self._query_has_original().all() and self._can_decode()
 
@@ -169,9 +180,10 @@ class GroupRace:
         return f"no answer and no reconstruction possible ({reasons})"
 
 
-async def run_race(race: GroupRace, calls: Sequence[Awaitable[np.ndarray]], clock=time.monotonic) -> GroupRace:
-    """Drive ``race`` until it is done; calls still running are left to finish unawaited."""
-    tasks = {asyncio.ensure_future(call): worker for worker, call in enumerate(calls)}
+async def run_race(race: GroupRace, calls: dict[int, Awaitable[np.ndarray]], clock=time.monotonic) -> GroupRace:
+    """Drive ``race`` with a call per worker until it is done; calls still running are left to
+    finish unawaited."""
+    tasks = {asyncio.ensure_future(call): worker for worker, call in calls.items()}
     pending = set(tasks)
     race.advance(clock())
     while not race.done():
@@ -205,6 +217,39 @@ class InProcessCodec:
         return self.code.decode(results, available)
 
 
+class MemberHealth:
+    """A circuit breaker per member: after ``suspend_after`` consecutive misses (errors or late
+    answers) a member is not called at all, and counts as missing at once, except for one probe
+    call every ``probe_interval_s``; an answer in time ends the suspension.
+
+    Without it, calls to a dead or crawling member pile up (a killed Python stub fails each call
+    only after about a second) and hold the coordinator's threads; with it, that member's
+    queries are simply decoded from the others until it is back.
+    """
+
+    def __init__(self, num_workers: int, suspend_after: int, probe_interval_s: float):
+        self.suspend_after = suspend_after
+        self.probe_interval_s = probe_interval_s
+        self.misses = np.zeros(num_workers, int)
+        self.next_probe = np.zeros(num_workers)
+
+    def callable(self, worker: int, now: float) -> bool:
+        if self.suspend_after <= 0 or self.misses[worker] < self.suspend_after:
+            return True
+        if now >= self.next_probe[worker]:
+            self.next_probe[worker] = now + self.probe_interval_s
+            return True
+        return False
+
+    def record(self, race: GroupRace, now: float) -> None:
+        late = race.state == PENDING if now >= race.deadline else np.zeros_like(race.available)
+        missed = (race.state == FAILED) | late
+        self.misses[race.available] = 0
+        self.misses[missed] += 1
+        newly = missed & (self.misses == self.suspend_after)
+        self.next_probe[newly] = now + self.probe_interval_s
+
+
 @dataclass
 class Coordinator:
     code: Code
@@ -213,11 +258,14 @@ class Coordinator:
     timeout_s: float
     codec: InProcessCodec | None = None
     clock: Callable[[], float] = time.monotonic
+    suspend_after: int = 3
+    probe_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.members) != self.code.num_workers:
             raise ValueError(f"{self.code.num_workers} members needed, got {len(self.members)}")
         self.codec = self.codec or InProcessCodec(self.code)
+        self.health = MemberHealth(self.code.num_workers, self.suspend_after, self.probe_interval_s)
 
     async def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
         """Answer every query of ``queries`` [n, *in]."""
@@ -228,8 +276,16 @@ class Coordinator:
         worker_inputs = [grouped[:, i] for i in range(self.code.k)] if self.code.systematic else []
         worker_inputs += [coded[:, j] for j in range(self.code.num_coded)]
         race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
-        calls = [call(member, np.ascontiguousarray(batch)) for member, batch in zip(self.members, worker_inputs)]
-        await run_race(race, calls, self.clock)
+        inputs = [np.ascontiguousarray(batch) for batch in worker_inputs]
+        called = [w for w in range(self.code.num_workers) if self.health.callable(w, start)]
+        skipped = [w for w in range(self.code.num_workers) if w not in called]
+        for worker in skipped:
+            race.on_failure(worker, f"{self.members[worker]} suspended after {self.suspend_after} consecutive misses")
+        await run_race(race, {w: call(self.members[w], inputs[w]) for w in called}, self.clock)
+        if skipped and race.outcome_has_errors():  # the others do not suffice: call the suspended ones after all
+            race.retry(skipped, self.clock(), self.deadline_s)
+            await run_race(race, {w: call(self.members[w], inputs[w]) for w in skipped}, self.clock)
+        self.health.record(race, self.clock())
         decode_start = self.clock()
         estimates = await self.codec.decode(race.results, race.available) if race.needs_decode() else None
         outcome = race.outcome(estimates)

@@ -89,6 +89,8 @@ class CodedEnsembleSpec:
     A member named ``grpc://host:port/model`` is a model on another Triton server.
     ``max_queue_size`` bounds the requests waiting for the coordinator: past it, Triton
     rejects new ones at once with an error instead of letting latency grow without bound.
+    A member with ``suspend_after_misses`` consecutive errors or late answers is not called
+    (its queries are decoded) except for a probe every ``probe_interval_ms``; 0 turns it off.
     ``member_output`` is what members return when it is not the answer itself (Coded-InvNet's
     features, turned into ``output`` by the code's ``postprocess``); ``files`` are copied next to
     the ensemble's config for the code to read (e.g. a head's weights).
@@ -108,6 +110,8 @@ class CodedEnsembleSpec:
     member_output: TensorSpec | None = None
     files: tuple[Path, ...] = ()
     max_queue_size: int = 256
+    suspend_after_misses: int = 3
+    probe_interval_ms: float = 1000.0
 
     def __post_init__(self) -> None:
         for member in filter(is_remote, self.members):
@@ -147,6 +151,8 @@ class CodedEnsembleSpec:
             "encoder_model": self.encoder_model,
             "decoder_model": self.decoder_model,
             "member_output": json.dumps(asdict(self.worker_output)),
+            "suspend_after_misses": self.suspend_after_misses,
+            "probe_interval_ms": self.probe_interval_ms,
         })
         return config
 
@@ -281,6 +287,8 @@ def ensemble_from_model_config(config: dict) -> CodedEnsembleSpec:
         instances=int(config["instance_group"][0]["count"]),
         codec=parameters["codec"],
         member_output=_member_output(json.loads(parameters["member_output"]), output),
+        suspend_after_misses=int(parameters["suspend_after_misses"]),
+        probe_interval_ms=float(parameters["probe_interval_ms"]),
     )
 
 

@@ -59,7 +59,7 @@ def run_soak(http_url: str, server_pid: int, ensemble: str, members: list[str], 
                 try:
                     answers.append(client.infer(images[start:start + batch_size]).reconstructed)
                 except Exception as error:  # a lost request: the soak reports every one
-                    errors.append(repr(error))
+                    errors.append(f"{type(error).__name__}: {error}")
                 i += clients * batch_size
 
     def churn() -> None:

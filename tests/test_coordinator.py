@@ -146,3 +146,41 @@ def test_outcome_names_late_and_failed_workers_and_times_the_decode():
     assert outcome.late_workers == (0,) and outcome.decode_s > 0
     outcome = infer(queries, FakeMembers(delays={"parity": 5.0}), deadline_s=0.02)
     assert outcome.late_workers == () and outcome.decode_s == 0  # the race ended before the deadline
+
+
+def test_a_member_that_keeps_missing_is_suspended_then_probed_back():
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    members = FakeMembers(failures={"m0"})
+    clock = Clock()
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, 0.05, 1.0, clock=clock, suspend_after=3, probe_interval_s=1.0)
+
+    def run():
+        members.sent.clear()
+        return asyncio.run(coordinator.infer(queries, members))
+
+    for _ in range(3):
+        run()
+        assert "m0" in members.sent  # still called while misses < 3
+    outcome = run()
+    assert "m0" not in members.sent  # suspended: not called, decoded from the others at once
+    np.testing.assert_array_equal(outcome.reconstructed, [True, False, True, False])
+    assert "suspended after 3 consecutive misses" in outcome.worker_errors[0]
+    members.failures.add("m1")  # m1 fails too: the suspended m0 is called after all, and answers
+    members.failures.discard("m0")
+    outcome = run()
+    assert "m0" in members.sent and not outcome.errors
+    np.testing.assert_array_equal(outcome.reconstructed, [False, True, False, True])
+    members.failures = {"m0"}
+    for _ in range(3):
+        run()
+    clock.now = 1.5
+    members.failures.clear()
+    run()
+    assert "m0" in members.sent  # the probe, and it answered
+    run()
+    assert "m0" in members.sent and not run().reconstructed.any()

@@ -32,7 +32,8 @@ class TritonPythonModel:
         code = make_code(self.spec.code, os.path.join(args["model_repository"], args["model_version"]))
         codec = ModelCodec(self.spec, code.num_workers) if self.spec.codec == "models" else None
         self.coordinator = Coordinator(
-            code, self.spec.members, self.spec.deadline_ms / 1000, self.spec.timeout_ms / 1000, codec=codec
+            code, self.spec.members, self.spec.deadline_ms / 1000, self.spec.timeout_ms / 1000, codec=codec,
+            suspend_after=self.spec.suspend_after_misses, probe_interval_s=self.spec.probe_interval_ms / 1000,
         )
         self.remote = RemoteMembers(self.spec.timeout_ms / 1000)
         self.metrics = EnsembleMetrics(self.spec.name, self.spec.members)
