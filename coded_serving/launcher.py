@@ -128,6 +128,9 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--exit-timeout-secs=5",
+            # each BLS call to a member holds one of these threads until it returns: with the
+            # default pool a stalled member froze the whole ensemble in the tail-latency benchmark
+            "--backend-config=python,thread-pool-size=512",
             f"--log-verbose={c.log_verbose}",
             *self._restrictions(),
         ]
