@@ -43,6 +43,10 @@ class ServerConfig:
     #: when set, model control and repository calls need it in the ``coded-serving-admin-key``
     #: header; required to listen beyond loopback
     admin_key: str | None = None
+    #: threads of the Python backend per model instance (None: Triton's default). Each BLS call
+    #: to a member holds one until it returns: under heavy straggling a larger pool keeps the
+    #: coordinator going, at the cost of that many threads for every Python model instance.
+    python_thread_pool: int | None = None
 
     @property
     def loopback(self) -> bool:
@@ -128,11 +132,9 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--exit-timeout-secs=5",
-            # each BLS call to a member holds one of these threads until it returns: with the
-            # default pool a stalled member froze the whole ensemble in the tail-latency benchmark
-            "--backend-config=python,thread-pool-size=512",
             f"--log-verbose={c.log_verbose}",
             *self._restrictions(),
+            *([f"--backend-config=python,thread-pool-size={c.python_thread_pool}"] if c.python_thread_pool else []),
         ]
 
     def _restrictions(self) -> list[str]:
