@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .base import Code, CodeSpec
 from .interpolation import Berrut, NeRCC
+from .invnet import CodedInvNet
 from .parm import ParMAddition, ParMConcatenation
 
 CODES: dict[str, type[Code]] = {
@@ -11,6 +12,7 @@ CODES: dict[str, type[Code]] = {
     "parm-concatenation": ParMConcatenation,
     "berrut": Berrut,
     "nercc": NeRCC,
+    "coded-invnet": CodedInvNet,
 }
 
 
@@ -26,4 +28,4 @@ def make_code(spec: CodeSpec, resource_dir: Path | None = None) -> Code:
     return code_class(spec.k, **params)
 
 
-__all__ = ["Berrut", "CODES", "Code", "CodeSpec", "NeRCC", "ParMAddition", "ParMConcatenation", "make_code"]
+__all__ = ["Berrut", "CODES", "Code", "CodeSpec", "CodedInvNet", "NeRCC", "ParMAddition", "ParMConcatenation", "make_code"]

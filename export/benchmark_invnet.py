@@ -1,0 +1,49 @@
+"""Benchmark: Coded-InvNet's degraded-mode accuracy through a live tritonserver, from the files that
+export/train_invnet.py wrote; prints the report section and writes its figures.
+
+Usage: .venv/bin/python export/benchmark_invnet.py [--onnx-dir build/invnet] [--ks 2 4 10]
+Writes reports/invnet_accuracy.json (figures) and reports/invnet_accuracy.md (the section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from coded_serving.codes.invnet import MLPHead
+from coded_serving.data import load_fashion_mnist
+from coded_serving.invnet_benchmark import invnet_section, measure_invnet
+from coded_serving.invnet_training import HEAD_FILE
+from coded_serving.launcher import PROJECT_ROOT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-dir", type=Path, default=PROJECT_ROOT / "build" / "invnet")
+    parser.add_argument("--training", type=Path, default=PROJECT_ROOT / "reports" / "invnet.json")
+    parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "invnet_accuracy")
+    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 10])
+    args = parser.parse_args()
+
+    test = load_fashion_mnist().test
+    feature_dim = MLPHead.load(args.onnx_dir / HEAD_FILE).feature_dim
+    served = measure_invnet(args.onnx_dir, tuple(args.ks), feature_dim, test.images, test.labels,
+                            args.onnx_dir / "served")
+    training = json.loads(args.training.read_text())
+    figures = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "served": {str(k): value for k, value in served.items()},
+    }
+    section = invnet_section(training, served)
+    args.report.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    args.report.with_suffix(".md").write_text(section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
