@@ -2,7 +2,7 @@
 export/train_invnet.py wrote; prints the report section and writes its figures.
 
 Usage: .venv/bin/python export/benchmark_invnet.py [--onnx-dir build/invnet] [--ks 2 4 10]
-Writes reports/invnet_accuracy.json (figures) and reports/invnet_accuracy.md (the section).
+Writes reports/invnet_accuracy.json (figures) and its section of reports/accuracy.md.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from coded_serving.codes.invnet import MLPHead
 from coded_serving.data import load_fashion_mnist
 from coded_serving.invnet_benchmark import invnet_section, measure_invnet
+from coded_serving.report_sections import ReportSection, update_report
 from coded_serving.invnet_training import HEAD_FILE
 from coded_serving.launcher import PROJECT_ROOT
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--onnx-dir", type=Path, default=PROJECT_ROOT / "build" / "invnet")
     parser.add_argument("--training", type=Path, default=PROJECT_ROOT / "reports" / "invnet.json")
     parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "invnet_accuracy")
+    parser.add_argument("--accuracy-report", type=Path, default=PROJECT_ROOT / "reports" / "accuracy.md")
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 10])
     args = parser.parse_args()
 
@@ -41,7 +43,7 @@ def main() -> None:
     }
     section = invnet_section(training, served)
     args.report.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
-    args.report.with_suffix(".md").write_text(section)
+    update_report(args.accuracy_report, [ReportSection("coded-invnet", 50, section)])
     print(section)
 
 
