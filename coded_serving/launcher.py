@@ -27,6 +27,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 PROJECT_BACKENDS = PROJECT_ROOT / "python_backends"
 SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
+#: read once at import: sysconfig's lazy first read is not thread-safe (servers start in threads)
+PYTHON_LIBDIR = sysconfig.get_config_var("LIBDIR")
 ADMIN_HEADER = "coded-serving-admin-key"
 
 
@@ -96,7 +98,7 @@ def build_backend_directory(target: Path) -> Path:
 def server_environment() -> dict[str, str]:
     """The stub must load this interpreter's libpython and find this venv's packages."""
     env = dict(os.environ)
-    libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
+    libs = [PYTHON_LIBDIR, str(_pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(libs)
