@@ -42,3 +42,46 @@ def cluster(tmp_path):
     finally:  # stop whatever started, also when another server failed to
         for server in [servers["frontend"], *servers["workers"]]:
             server.stop()
+
+
+def test_worker_killed_under_load_loses_nothing_and_is_picked_up_again(cluster):
+    images = load_fashion_mnist().test.images[:256]
+    url = cluster["frontend"].config.http_url
+    results, failures, stop = [], [], threading.Event()
+
+    def load(seed):
+        with ModelClient(url, "lenet5_parm") as client:
+            i = seed
+            while not stop.is_set():
+                try:
+                    results.append((time.monotonic(), client.infer(images[i % 255:i % 255 + 2])))
+                except Exception as error:  # every failure is a lost request: collected, asserted empty
+                    failures.append(repr(error))
+                i += 7
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    victim = cluster["workers"][0]
+    os.killpg(victim.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    time.sleep(3)
+    reviving_at = time.monotonic()  # the worker may answer over gRPC before its HTTP readiness is seen
+    revived = TritonServer(cluster["worker_configs"][0], cluster["tmp"] / "worker0-again.log").start()
+    cluster["workers"][0] = revived
+    revived_at = time.monotonic()
+    time.sleep(4)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    victim.stop()
+
+    assert not failures
+    during = [r for t, r in results if killed_at + 0.5 < t < reviving_at]
+    after = [r for t, r in results if t > revived_at + 2]
+    assert during and after
+    assert all(r.reconstructed[0] for r in during)  # member 0's queries came from the parity
+    assert not any(r.reconstructed.any() for r in after[-20:])  # the worker is back, no frontend restart
+    for _, result in results:
+        assert result.outputs.shape == (2, 10) and np.isfinite(result.outputs).all()
