@@ -18,7 +18,7 @@ from .codes.invnet import MLPHead
 from .data import Dataset
 from .invnet_nets import IMAGE_SHAPE, Backup, InvertibleClassifier, InvertibleNet, SymmetricGenerator, mixup_loss
 from .onnx_export import export_onnx
-from .training import _deterministic, _fingerprint, _fit, _groups, accuracy, predict_logits
+from .training import _deterministic, _fingerprint, _fit, _groups, classification_epochs
 
 FEATURES_ONNX = "invnet_features.onnx"
 HEAD_FILE = "head.npz"
@@ -43,14 +43,7 @@ def train_invertible_classifier(
 ) -> InvertibleClassifier:
     """Adam on the Manifold Mixup loss; keeps the epoch with the best (unmixed) validation accuracy,
     then converges the spectral-norm estimates so the frozen network is provably invertible."""
-    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
-
-    def draw_epoch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        order = torch.from_numpy(rng.permutation(len(labels)))
-        return images[order], labels[order]
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        return {"val_accuracy": accuracy(predict_logits(model, data.val.images), data.val.labels)}
+    draw_epoch, validate = classification_epochs(data)
 
     with _deterministic(seed):
         model = InvertibleClassifier(blocks, hidden, head_hidden)

@@ -125,6 +125,20 @@ def _fit(
     return model.eval()
 
 
+def classification_epochs(data: Dataset) -> tuple[Callable, Callable]:
+    """For ``_fit`` on a classifier: the training set shuffled each epoch, and validation accuracy."""
+    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
+
+    def draw_epoch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.from_numpy(rng.permutation(len(labels)))
+        return images[order], labels[order]
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        return {"val_accuracy": accuracy(predict_logits(model, data.val.images), data.val.labels)}
+
+    return draw_epoch, validate
+
+
 def train_classifier(
     arch: str,
     data: Dataset,
@@ -136,14 +150,7 @@ def train_classifier(
     history: list[dict] | None = None,
 ) -> nn.Module:
     """Adam on cross-entropy; keeps the epoch with the best validation accuracy, not the last one."""
-    images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
-
-    def draw_epoch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        order = torch.from_numpy(rng.permutation(len(labels)))
-        return images[order], labels[order]
-
-    def validate(model: nn.Module) -> dict[str, float]:
-        return {"val_accuracy": accuracy(predict_logits(model, data.val.images), data.val.labels)}
+    draw_epoch, validate = classification_epochs(data)
 
     with _deterministic(seed):
         model = make_net(arch)
