@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Code
+from .parm import subtraction_decode
 
 
 class MLPHead:
@@ -84,13 +85,7 @@ class CodedInvNet(Code):
 
     def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
         results, available = self._check_results(results, available)
-        data, backup = results[:, : self.k], results[:, self.k]
-        estimates = data.copy()
-        missing = np.flatnonzero(~available[: self.k])
-        if missing.size:
-            (j,) = missing
-            estimates[:, j] = self.k * backup - np.delete(data, j, axis=1).sum(axis=1)
-        return estimates
+        return subtraction_decode(results, available, self.k, parity_weight=self.k)
 
     @property
     def head(self) -> MLPHead:

@@ -28,14 +28,21 @@ class _ParM(Code):
 
     def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
         results, available = self._check_results(results, available)
-        data, parity = results[:, : self.k], results[:, self.k]
-        estimates = data.copy()
-        missing = np.flatnonzero(~available[: self.k])
-        if missing.size:
-            (j,) = missing
-            others = np.delete(data, j, axis=1).sum(axis=1)
-            estimates[:, j] = parity - others
-        return estimates
+        return subtraction_decode(results, available, self.k, parity_weight=1.0)
+
+
+def subtraction_decode(results: np.ndarray, available: np.ndarray, k: int, parity_weight: float) -> np.ndarray:
+    """The single missing data output j of each group: parity_weight * parity - sum_{i != j} outputs.
+
+    ParM's parity is the sum of the k outputs (weight 1); Coded-InvNet's backup feature is their mean (weight k).
+    """
+    data, parity = results[:, :k], results[:, k]
+    estimates = data.copy()
+    missing = np.flatnonzero(~available[:k])
+    if missing.size:
+        (j,) = missing
+        estimates[:, j] = parity_weight * parity - np.delete(data, j, axis=1).sum(axis=1)
+    return estimates
 
 
 class ParMAddition(_ParM):
