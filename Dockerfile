@@ -14,3 +14,4 @@ RUN pip install --no-cache-dir ".[gpu]"
 COPY python_backends/coded_ensemble/model.py /opt/tritonserver/backends/coded_ensemble/model.py
 COPY python_backends/coded_encoder/model.py /opt/tritonserver/backends/coded_encoder/model.py
 COPY python_backends/coded_decoder/model.py /opt/tritonserver/backends/coded_decoder/model.py
+COPY python_backends/bls_forward/model.py /opt/tritonserver/backends/bls_forward/model.py

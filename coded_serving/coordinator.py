@@ -4,21 +4,27 @@ One call of ``Coordinator.infer`` takes the queries of a dynamic batch (several 
 requests), lays them out in coding groups of k, sends worker ``w`` one batched request that
 holds its query of every group, and answers each query with its original output or, once
 its worker is missing (errored, gone, or past ``deadline_s``), with the code's reconstruction.
+
+Member calls block (a Triton BLS ``exec``, a gRPC call) and run on a thread pool; the race
+waits on their futures. Measured in a Triton Python model, this costs about 0.25 ms less per
+request than asyncio with ``async_exec``, which adds hops through an event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Callable
 
 import numpy as np
 
 from .codes import Code
 
-#: ``member(name, batch) -> outputs``: one request to one member (a Triton model).
-MemberCall = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+#: ``member(name, batch) -> outputs``: one blocking request to one member (a Triton model).
+MemberCall = Callable[[str, np.ndarray], np.ndarray]
+#: late members hold their threads until they answer; too few threads starve new requests
+MEMBER_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,11 @@ class GroupLayout:
     def gather(self, queries: np.ndarray) -> np.ndarray:
         return queries[self.slots]
 
+    @property
+    def min_copies(self) -> int:
+        """How many slots the least replicated query fills."""
+        return int(np.bincount(self.slots.ravel()).min())
+
 
 @dataclass
 class Outcome:
@@ -61,9 +72,13 @@ class Outcome:
     #: workers still without an answer when the race ended past their deadline
     late_workers: tuple[int, ...] = ()
     decode_s: float = 0.0
+    groups: int = 0
+    #: slots of partial groups filled with copies
+    padded_slots: int = 0
 
 
-PENDING, ANSWERED, FAILED = 0, 1, 2
+#: SKIPPED: not called, because the originals cover every loss the code could (Coordinator.workers_to_call)
+PENDING, ANSWERED, FAILED, SKIPPED = 0, 1, 2, 3
 
 
 class GroupRace:
@@ -98,6 +113,9 @@ class GroupRace:
             return self.on_failure(worker, f"returned shape {list(output.shape)}, others {list(self.results.shape[2:])}")
         self.results[:, worker] = output
         self.state[worker] = ANSWERED
+
+    def skip(self, worker: int) -> None:
+        self.state[worker] = SKIPPED
 
     def on_failure(self, worker: int, message: str) -> None:
         self.state[worker] = FAILED
@@ -170,38 +188,31 @@ class GroupRace:
             outputs[self.layout.slots[:, slot]] = self.results[:, slot]
         errors = {int(q): self._failure_message() for q in np.flatnonzero(~answered)}
         late = tuple(np.flatnonzero(self.state == PENDING).tolist()) if self._now >= self.deadline else ()
-        return Outcome(outputs, reconstructed, errors, dict(self.worker_errors), late)
+        return Outcome(outputs, reconstructed, errors, dict(self.worker_errors), late,
+                       groups=self.layout.slots.shape[0], padded_slots=self.layout.slots.size - num_queries)
 
     def _failure_message(self) -> str:
-        missing = [w for w in range(self.code.num_workers) if self.state[w] != ANSWERED]
+        missing = [w for w in range(self.code.num_workers) if self.state[w] not in (ANSWERED, SKIPPED)]
         reasons = "; ".join(
             f"worker {w}: {self.worker_errors.get(w, 'no answer in time')}" for w in missing
         )
         return f"no answer and no reconstruction possible ({reasons})"
 
 
-async def run_race(race: GroupRace, calls: dict[int, Awaitable[np.ndarray]], clock=time.monotonic) -> GroupRace:
-    """Drive ``race`` with a call per worker until it is done; calls still running are left to
-    finish unawaited."""
-    tasks = {asyncio.ensure_future(call): worker for worker, call in calls.items()}
-    pending = set(tasks)
+def run_race(race: GroupRace, calls: dict[Future, int], clock=time.monotonic) -> GroupRace:
+    """Drive ``race`` with a running call (future -> worker) per worker until it is done; calls
+    still running are left to finish unawaited."""
+    pending = set(calls)
     race.advance(clock())
     while not race.done():
-        done, pending = await asyncio.wait(pending, timeout=race.next_wakeup(), return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
+        done, pending = wait(pending, timeout=race.next_wakeup(), return_when=FIRST_COMPLETED)
+        for future in done:
             try:
-                race.on_result(tasks[task], task.result())
+                race.on_result(calls[future], future.result())
             except Exception as error:  # any member failure is a missing result, never a lost request
-                race.on_failure(tasks[task], str(error) or type(error).__name__)
+                race.on_failure(calls[future], str(error) or type(error).__name__)
         race.advance(clock())
-    for task in pending:
-        task.add_done_callback(_consume_exception)
     return race
-
-
-def _consume_exception(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class InProcessCodec:
@@ -210,10 +221,10 @@ class InProcessCodec:
     def __init__(self, code: Code):
         self.code = code
 
-    async def encode(self, grouped: np.ndarray) -> np.ndarray:
+    def encode(self, grouped: np.ndarray) -> np.ndarray:
         return self.code.encode(grouped)
 
-    async def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
+    def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
         return self.code.decode(results, available)
 
 
@@ -260,6 +271,7 @@ class Coordinator:
     clock: Callable[[], float] = time.monotonic
     suspend_after: int = 3
     probe_interval_s: float = 1.0
+    executor: Executor = field(default_factory=lambda: ThreadPoolExecutor(MEMBER_THREADS))
 
     def __post_init__(self) -> None:
         if len(self.members) != self.code.num_workers:
@@ -267,32 +279,44 @@ class Coordinator:
         self.codec = self.codec or InProcessCodec(self.code)
         self.health = MemberHealth(self.code.num_workers, self.suspend_after, self.probe_interval_s)
 
-    async def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
+    def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
         """Answer every query of ``queries`` [n, *in]."""
         start = self.clock()
         layout = GroupLayout.for_queries(len(queries), self.code.k)
         grouped = layout.gather(queries)
-        coded = await self.codec.encode(grouped)
+        workers = self.workers_to_call(layout)
         worker_inputs = [grouped[:, i] for i in range(self.code.k)] if self.code.systematic else []
-        worker_inputs += [coded[:, j] for j in range(self.code.num_coded)]
+        if len(workers) > len(worker_inputs):
+            coded = self.codec.encode(grouped)
+            worker_inputs += [coded[:, j] for j in range(self.code.num_coded)]
         race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
+        for worker in range(len(workers), self.code.num_workers):
+            race.skip(worker)
         inputs = [np.ascontiguousarray(batch) for batch in worker_inputs]
-        called = [w for w in range(self.code.num_workers) if self.health.callable(w, start)]
-        skipped = [w for w in range(self.code.num_workers) if w not in called]
+        called = [w for w in workers if self.health.callable(w, start)]
+        skipped = [w for w in workers if w not in called]
         for worker in skipped:
             race.on_failure(worker, f"{self.members[worker]} suspended after {self.suspend_after} consecutive misses")
-        await run_race(race, {w: call(self.members[w], inputs[w]) for w in called}, self.clock)
+        run_race(race, {self.executor.submit(call, self.members[w], inputs[w]): w for w in called}, self.clock)
         if skipped and race.outcome_has_errors():  # the others do not suffice: call the suspended ones after all
             race.retry(skipped, self.clock(), self.deadline_s)
-            await run_race(race, {w: call(self.members[w], inputs[w]) for w in skipped}, self.clock)
+            run_race(race, {self.executor.submit(call, self.members[w], inputs[w]): w for w in skipped}, self.clock)
         self.health.record(race, self.clock())
         decode_start = self.clock()
-        estimates = await self.codec.decode(race.results, race.available) if race.needs_decode() else None
+        estimates = self.codec.decode(race.results, race.available) if race.needs_decode() else None
         outcome = race.outcome(estimates)
         outcome.decode_s = self.clock() - decode_start if estimates is not None else 0.0
         if len(outcome.errors) < len(outcome.outputs):  # with no result at all there is nothing to finish
             outcome.outputs = self.code.postprocess(outcome.outputs)
         return outcome
+
+    def workers_to_call(self, layout: GroupLayout) -> range:
+        """Every worker, except the coded ones of a systematic code when each query already fills
+        ``num_coded + 1`` slots (a lone query padded with its copies): losing all copies of a query
+        is then more losses than the code can decode, so its coded workers could never help."""
+        if self.code.systematic and layout.min_copies > self.code.num_coded:
+            return range(self.code.k)
+        return range(self.code.num_workers)
 
 
 def invalid_query_reason(query: np.ndarray) -> str | None:

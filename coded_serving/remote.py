@@ -1,12 +1,13 @@
 """Members on other Triton servers, reached over gRPC: ``grpc://host:port/model``.
 
-One asyncio gRPC client per server, kept open across requests. Reconnect backoff is capped
+One gRPC client per server and member thread, kept open across requests. Reconnect backoff is capped
 short, so a worker that comes back is used again within about a second, without a restart
 of the frontend.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -40,24 +41,26 @@ class RemoteMember:
 
 
 class RemoteMembers:
-    """Calls remote members; an unreachable server or a model error raises, like a local member."""
+    """Calls remote members; an unreachable server or a model error raises, like a local member.
+    Calls block (they run on the coordinator's member threads): one client per thread and server."""
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
-        self._clients: dict[str, object] = {}
+        self._clients = threading.local()
 
     def _client(self, url: str):
-        if url not in self._clients:
-            import tritonclient.grpc.aio as grpc_aio
-            self._clients[url] = grpc_aio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-        return self._clients[url]
+        clients = self._clients.__dict__
+        if url not in clients:
+            import tritonclient.grpc as grpc_client
+            clients[url] = grpc_client.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        return clients[url]
 
-    async def infer(self, member: str, input_name: str, batch: np.ndarray, output_name: str) -> np.ndarray:
-        import tritonclient.grpc.aio as grpc_aio
+    def infer(self, member: str, input_name: str, batch: np.ndarray, output_name: str) -> np.ndarray:
+        import tritonclient.grpc as grpc_client
         remote = RemoteMember.parse(member)
-        tensor = grpc_aio.InferInput(input_name, list(batch.shape), "FP32")
+        tensor = grpc_client.InferInput(input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
-        response = await self._client(remote.url).infer(
-            remote.model, [tensor], outputs=[grpc_aio.InferRequestedOutput(output_name)], client_timeout=self.timeout_s,
+        response = self._client(remote.url).infer(
+            remote.model, [tensor], outputs=[grpc_client.InferRequestedOutput(output_name)], client_timeout=self.timeout_s,
         )
         return response.as_numpy(output_name)

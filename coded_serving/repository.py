@@ -203,7 +203,25 @@ class CodecModelSpec:
         return config
 
 
-ModelSpec = Union[OnnxModelSpec, CodedEnsembleSpec, CodecModelSpec]
+@dataclass(frozen=True)
+class ForwardModelSpec:
+    """A model that forwards each request to ``target`` over BLS, doing nothing else: the
+    floor cost of any coordinator written as a Triton Python model (overhead benchmark)."""
+
+    name: str
+    target: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 64
+
+    def config(self) -> mc.ModelConfig:
+        config = _base_config(self.name, "bls_forward", self.max_batch_size, self.inputs, self.outputs, 1)
+        config.dynamic_batching.SetInParent()
+        _set_parameters(config, {"target": self.target})
+        return config
+
+
+ModelSpec = Union[OnnxModelSpec, CodedEnsembleSpec, CodecModelSpec, ForwardModelSpec]
 
 
 @dataclass(frozen=True)
@@ -220,6 +238,8 @@ class RepositorySpec:
                 missing = sorted(m for m in set(model.members) - set(names) if not is_remote(m))
                 if missing:
                     raise ValueError(f"ensemble {model.name!r} names members that are not in the repository: {missing}")
+            if isinstance(model, ForwardModelSpec) and model.target not in names:
+                raise ValueError(f"model {model.name!r} forwards to {model.target!r}, which is not in the repository")
 
 
 def write_repository(spec: RepositorySpec, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """The coordinator's grouping, races and deadlines with fake members (no Triton)."""
 
-import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -25,9 +25,9 @@ class FakeMembers:
         self.failures = set(failures)
         self.sent = {}
 
-    async def __call__(self, member, batch):
+    def __call__(self, member, batch):
         self.sent[member] = batch
-        await asyncio.sleep(self.delays.get(member, 0.0))
+        time.sleep(self.delays.get(member, 0.0))
         if member in self.failures:
             raise RuntimeError(f"{member} is down")
         outputs = model(batch)
@@ -36,7 +36,7 @@ class FakeMembers:
 
 def infer(queries, members, deadline_s=0.05, timeout_s=1.0):
     coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s, timeout_s)
-    return asyncio.run(coordinator.infer(queries, members))
+    return coordinator.infer(queries, members)
 
 
 queries = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)
@@ -52,7 +52,9 @@ def test_layout_fills_a_partial_group_with_copies_of_its_own_queries():
 
 def test_healthy_members_give_the_originals_and_the_parity_gets_the_sum():
     members = FakeMembers()
-    outcome = infer(queries, members)
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, 0.05, 1.0)
+    outcome = coordinator.infer(queries, members)
+    coordinator.executor.shutdown(wait=True)  # the race may end before the parity call has even started
     np.testing.assert_allclose(outcome.outputs, model(queries))
     assert not outcome.reconstructed.any() and not outcome.errors
     np.testing.assert_array_equal(members.sent["m0"], queries[[0, 2]])
@@ -62,7 +64,9 @@ def test_healthy_members_give_the_originals_and_the_parity_gets_the_sum():
 def test_failed_member_is_reconstructed_at_once_not_at_the_deadline():
     members = FakeMembers(failures={"m1"})
     coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=10.0, timeout_s=20.0)
-    outcome = asyncio.run(asyncio.wait_for(coordinator.infer(queries, members), timeout=2.0))
+    start = time.monotonic()
+    outcome = coordinator.infer(queries, members)
+    assert time.monotonic() - start < 2.0
     np.testing.assert_allclose(outcome.outputs, model(queries), rtol=1e-6)
     np.testing.assert_array_equal(outcome.reconstructed, [False, True, False, True])
     assert "m1 is down" in outcome.worker_errors[1]
@@ -70,12 +74,10 @@ def test_failed_member_is_reconstructed_at_once_not_at_the_deadline():
 
 def test_straggler_is_replaced_after_the_deadline_and_originals_are_kept():
     members = FakeMembers(delays={"m0": 5.0})
-    loop = asyncio.new_event_loop()
-    start = loop.time()
+    start = time.monotonic()
     coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=1.0)
-    outcome = loop.run_until_complete(coordinator.infer(queries, members))
-    elapsed = loop.time() - start
-    loop.close()
+    outcome = coordinator.infer(queries, members)
+    elapsed = time.monotonic() - start
     assert 0.05 <= elapsed < 1.0
     np.testing.assert_allclose(outcome.outputs, model(queries), rtol=1e-6)
     np.testing.assert_array_equal(outcome.reconstructed, [True, False, True, False])
@@ -99,8 +101,9 @@ def test_parity_late_too_waits_for_the_original():
 
 def test_two_failures_in_a_group_give_a_clear_error_at_once():
     members = FakeMembers(failures={"m0", "parity"})
-    outcome = asyncio.run(asyncio.wait_for(
-        Coordinator(ParMAddition(K), MEMBERS, 10.0, 20.0).infer(queries, members), timeout=2.0))
+    start = time.monotonic()
+    outcome = Coordinator(ParMAddition(K), MEMBERS, 10.0, 20.0).infer(queries, members)
+    assert time.monotonic() - start < 2.0
     assert sorted(outcome.errors) == [0, 2]
     assert "m0 is down" in outcome.errors[0] and "parity is down" in outcome.errors[0]
     np.testing.assert_allclose(outcome.outputs[[1, 3]], model(queries[[1, 3]]))
@@ -113,19 +116,31 @@ def test_everything_late_ends_at_the_timeout_with_an_error():
     assert "no answer in time" in outcome.errors[0]
 
 
-def test_partial_group_is_protected_by_its_copy_and_the_parity():
+def test_lone_query_is_protected_by_its_copy_and_the_parity_is_not_called():
     one = queries[:1]
-    outcome = infer(one, FakeMembers(failures={"m0"}))
+    members = FakeMembers(failures={"m0"})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, 0.05, 1.0)
+    outcome = coordinator.infer(one, members)
+    coordinator.executor.shutdown(wait=True)
     np.testing.assert_allclose(outcome.outputs, model(one))
     assert not outcome.reconstructed.any()  # the copy in slot 1 answered with the original
+    assert sorted(members.sent) == ["m0", "m1"]  # with both copies gone, k=2 could not decode from the parity
     outcome = infer(one, FakeMembers(failures={"m0", "m1"}))
-    assert outcome.errors  # both copies gone and k=2 cannot decode from the parity alone
+    assert "m0 is down" in outcome.errors[0] and "m1 is down" in outcome.errors[0]
+    assert "worker 2" not in outcome.errors[0]
+
+
+def test_coded_workers_are_called_while_some_query_fills_a_single_slot():
+    coordinator = Coordinator(ParMAddition(3), ("m0", "m1", "m2", "parity"), 0.05, 1.0)
+    assert list(coordinator.workers_to_call(GroupLayout.for_queries(1, 3))) == [0, 1, 2]
+    assert list(coordinator.workers_to_call(GroupLayout.for_queries(2, 3))) == [0, 1, 2, 3]  # slots [0, 1, 0]
+    assert list(coordinator.workers_to_call(GroupLayout.for_queries(4, 3))) == [0, 1, 2, 3]
 
 
 def test_member_returning_garbage_counts_as_missing():
     class Broken(FakeMembers):
-        async def __call__(self, member, batch):
-            outputs = await super().__call__(member, batch)
+        def __call__(self, member, batch):
+            outputs = super().__call__(member, batch)
             return outputs * np.nan if member == "m0" else outputs
 
     outcome = infer(queries, Broken())
@@ -161,7 +176,7 @@ def test_a_member_that_keeps_missing_is_suspended_then_probed_back():
 
     def run():
         members.sent.clear()
-        return asyncio.run(coordinator.infer(queries, members))
+        return coordinator.infer(queries, members)
 
     for _ in range(3):
         run()
@@ -184,3 +199,10 @@ def test_a_member_that_keeps_missing_is_suspended_then_probed_back():
     assert "m0" in members.sent  # the probe, and it answered
     run()
     assert "m0" in members.sent and not run().reconstructed.any()
+
+
+def test_outcome_counts_groups_and_padded_slots():
+    outcome = infer(queries[:3], FakeMembers())
+    assert (outcome.groups, outcome.padded_slots) == (2, 1)
+    outcome = infer(queries, FakeMembers())
+    assert (outcome.groups, outcome.padded_slots) == (2, 0)

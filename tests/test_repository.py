@@ -16,7 +16,7 @@ from coded_serving.default_repository import onnx_files_of_default_repository
 from coded_serving.default_repository import IMAGE, LOGITS, coded_ensemble, default_repository_spec
 from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_BACKENDS, PROJECT_ROOT
 from coded_serving.repository import (
-    CodedEnsembleSpec, RepositorySpec, ensemble_from_model_config, read_config, write_repository,
+    CodedEnsembleSpec, ForwardModelSpec, RepositorySpec, ensemble_from_model_config, read_config, write_repository,
 )
 
 SHIPPED_CONFIGS = sorted(DEFAULT_REPOSITORY.glob("*/config.pbtxt"))
@@ -84,6 +84,8 @@ def test_specs_refuse_inconsistent_repositories():
         coded_ensemble("e", CodeSpec("parm-addition", 2), Path("m.onnx"))
     with pytest.raises(ValueError, match="codec must be"):
         CodedEnsembleSpec("e", CodeSpec("parm-addition", 2), ("a", "b", "c"), IMAGE, LOGITS, codec="remote")
+    with pytest.raises(ValueError, match="forwards to 'lenet5'"):
+        RepositorySpec((ForwardModelSpec("f", "lenet5", (IMAGE,), (LOGITS,)),))
 
 
 def test_berrut_ensemble_sends_every_worker_a_coded_query():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -206,11 +207,24 @@ def test_metrics_count_queries_reconstructions_and_member_failures(server, admin
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    before = scrape()
+    def settled():
+        """A page once the ensemble has sent every count (it sends them every 0.2 s)."""
+        page, deadline = scrape(), time.monotonic() + 10
+        while True:
+            time.sleep(0.5)
+            again = scrape()
+            coded = [[line for line in p.splitlines() if line.startswith("coded_")] for p in (page, again)]
+            if coded[0] == coded[1]:
+                return again
+            assert time.monotonic() < deadline, "the ensemble's counters keep changing"
+            page = again
+
+    before = settled()
     admin.unload_model(MEMBERS[0])
     with ModelClient(server.config.http_url, ENSEMBLE) as client:
         client.infer(images[:8])
-    after = scrape()
+    time.sleep(0.3)
+    after = settled()
     assert value(after, "coded_queries_total") - value(before, "coded_queries_total") == 8
     assert value(after, "coded_reconstructed_total") - value(before, "coded_reconstructed_total") == 4
     assert value(after, "coded_groups_total") - value(before, "coded_groups_total") == 4
