@@ -13,7 +13,7 @@ request than asyncio with ``async_exec``, which adds hops through an event loop.
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,8 +31,9 @@ MEMBER_THREADS = 64
 class GroupLayout:
     """Queries laid out in coding groups: ``slots[g, i]`` is the query in slot i of group g.
 
-    A partial last group is filled with copies of its own queries, so each of them is
-    sent to two workers and still covered by the parity: padding buys protection, not delay.
+    A partial last group is filled with copies of its own queries instead of waiting for more:
+    beside full groups the copies ride along in the same batched member requests, so those
+    queries sit on two workers; a group that is alone keeps its copies in reserve (Coordinator.plan).
     """
 
     slots: np.ndarray
@@ -77,8 +78,9 @@ class Outcome:
     padded_slots: int = 0
 
 
-#: SKIPPED: not called, because the originals cover every loss the code could (Coordinator.workers_to_call)
-PENDING, ANSWERED, FAILED, SKIPPED = 0, 1, 2, 3
+#: SKIPPED: never called, it could not help (Coordinator.plan). RESERVED: called only if the others
+#: leave a query without an answer (a lone query's copy, a suspended member).
+PENDING, ANSWERED, FAILED, SKIPPED, RESERVED = 0, 1, 2, 3, 4
 
 
 class GroupRace:
@@ -88,6 +90,8 @@ class GroupRace:
     (failed, or not answered by the deadline) it is reconstructed, as soon as every worker
     has answered, failed or passed the deadline and the code can decode what is there.
     With ``deadline_s = 0`` this is ParM's race: decode as soon as k of k+1 are in.
+    Reserved workers are called once a query has lost its original and cannot be decoded
+    without them; they get a fresh deadline.
     """
 
     def __init__(self, code: Code, layout: GroupLayout, deadline_s: float, timeout_s: float, start: float):
@@ -117,6 +121,11 @@ class GroupRace:
     def skip(self, worker: int) -> None:
         self.state[worker] = SKIPPED
 
+    def reserve(self, worker: int, reason: str | None = None) -> None:
+        self.state[worker] = RESERVED
+        if reason:
+            self.worker_errors[worker] = reason
+
     def on_failure(self, worker: int, message: str) -> None:
         self.state[worker] = FAILED
         self.worker_errors[worker] = message
@@ -124,13 +133,20 @@ class GroupRace:
     def advance(self, now: float) -> None:
         self._now = now
 
-    def retry(self, workers: list[int], now: float, deadline_s: float) -> None:
-        """Give failed ``workers`` a second chance, with a fresh deadline."""
+    def wants_reserves(self) -> bool:
+        if not (self.state == RESERVED).any() or self._query_has_original().all() or self._can_decode():
+            return False
+        return (self.state == FAILED).any() or self._now >= self.deadline or not (self.state == PENDING).any()
+
+    def call_reserves(self, deadline_s: float) -> list[int]:
+        """The reserved workers, now pending with a fresh deadline."""
+        workers = np.flatnonzero(self.state == RESERVED).tolist()
         self.state[workers] = PENDING
         for worker in workers:
             self.worker_errors.pop(worker, None)
-        self.deadline = now + deadline_s
+        self.deadline = self._now + deadline_s
         self.timeout = max(self.timeout, self.deadline)
+        return workers
 
     @property
     def available(self) -> np.ndarray:
@@ -166,9 +182,6 @@ class GroupRace:
                 return instant - self._now
         return None
 
-    def outcome_has_errors(self) -> bool:
-        return not (self._query_has_original().all() or self._can_decode())
-
     def needs_decode(self) -> bool:
         return not self._query_has_original().all() and self._can_decode()
 
@@ -197,22 +210,6 @@ class GroupRace:
             f"worker {w}: {self.worker_errors.get(w, 'no answer in time')}" for w in missing
         )
         return f"no answer and no reconstruction possible ({reasons})"
-
-
-def run_race(race: GroupRace, calls: dict[Future, int], clock=time.monotonic) -> GroupRace:
-    """Drive ``race`` with a running call (future -> worker) per worker until it is done; calls
-    still running are left to finish unawaited."""
-    pending = set(calls)
-    race.advance(clock())
-    while not race.done():
-        done, pending = wait(pending, timeout=race.next_wakeup(), return_when=FIRST_COMPLETED)
-        for future in done:
-            try:
-                race.on_result(calls[future], future.result())
-            except Exception as error:  # any member failure is a missing result, never a lost request
-                race.on_failure(calls[future], str(error) or type(error).__name__)
-        race.advance(clock())
-    return race
 
 
 class InProcessCodec:
@@ -278,29 +275,33 @@ class Coordinator:
             raise ValueError(f"{self.code.num_workers} members needed, got {len(self.members)}")
         self.codec = self.codec or InProcessCodec(self.code)
         self.health = MemberHealth(self.code.num_workers, self.suspend_after, self.probe_interval_s)
+        self._turn = 0
 
     def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
         """Answer every query of ``queries`` [n, *in]."""
         start = self.clock()
         layout = GroupLayout.for_queries(len(queries), self.code.k)
         grouped = layout.gather(queries)
-        workers = self.workers_to_call(layout)
+        called, reserved = self.plan(layout)
         worker_inputs = [grouped[:, i] for i in range(self.code.k)] if self.code.systematic else []
-        if len(workers) > len(worker_inputs):
+        if any(worker >= len(worker_inputs) for worker in called + reserved):
             coded = self.codec.encode(grouped)
             worker_inputs += [coded[:, j] for j in range(self.code.num_coded)]
-        race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
-        for worker in range(len(workers), self.code.num_workers):
-            race.skip(worker)
         inputs = [np.ascontiguousarray(batch) for batch in worker_inputs]
-        called = [w for w in workers if self.health.callable(w, start)]
-        skipped = [w for w in workers if w not in called]
-        for worker in skipped:
-            race.on_failure(worker, f"{self.members[worker]} suspended after {self.suspend_after} consecutive misses")
-        run_race(race, {self.executor.submit(call, self.members[w], inputs[w]): w for w in called}, self.clock)
-        if skipped and race.outcome_has_errors():  # the others do not suffice: call the suspended ones after all
-            race.retry(skipped, self.clock(), self.deadline_s)
-            run_race(race, {self.executor.submit(call, self.members[w], inputs[w]): w for w in skipped}, self.clock)
+        race = GroupRace(self.code, layout, self.deadline_s, self.timeout_s, start)
+        for worker in set(range(self.code.num_workers)) - set(called) - set(reserved):
+            race.skip(worker)
+        for worker in [w for w in called if not self.health.callable(w, start)]:
+            called.remove(worker)
+            race.reserve(worker, f"{self.members[worker]} suspended after {self.suspend_after} consecutive misses")
+            stand_in = next((w for w in reserved if layout.slots[0, w] == layout.slots[0, worker]
+                             and self.health.callable(w, start)), None)
+            if stand_in is not None:  # a copy of the same query, on a member in good health
+                reserved.remove(stand_in)
+                called.append(stand_in)
+        for worker in reserved:
+            race.reserve(worker)
+        self._race(race, call, inputs, called)
         self.health.record(race, self.clock())
         decode_start = self.clock()
         estimates = self.codec.decode(race.results, race.available) if race.needs_decode() else None
@@ -310,13 +311,39 @@ class Coordinator:
             outcome.outputs = self.code.postprocess(outcome.outputs)
         return outcome
 
-    def workers_to_call(self, layout: GroupLayout) -> range:
-        """Every worker, except the coded ones of a systematic code when each query already fills
-        ``num_coded + 1`` slots (a lone query padded with its copies): losing all copies of a query
-        is then more losses than the code can decode, so its coded workers could never help."""
-        if self.code.systematic and layout.min_copies > self.code.num_coded:
-            return range(self.code.k)
-        return range(self.code.num_workers)
+    def plan(self, layout: GroupLayout) -> tuple[list[int], list[int]]:
+        """(workers to call, workers held in reserve). Every worker, unless each query already fills
+        ``num_coded + 1`` slots (a lone query padded with its copies) in a systematic code: then
+        one data worker per query is called, taking turns, its copies are held in reserve (a
+        hedge after the deadline, or at once on an error), and the coded workers are not called,
+        because losing every copy of a query is more than the code can decode anyway."""
+        if not (self.code.systematic and layout.min_copies > self.code.num_coded):
+            return list(range(self.code.num_workers)), []
+        self._turn += 1
+        slots = layout.slots[0]
+        called = [int(np.flatnonzero(slots == query)[self._turn % np.count_nonzero(slots == query)])
+                  for query in range(layout.num_queries)]
+        return called, [w for w in range(self.code.k) if w not in called]
+
+    def _race(self, race: GroupRace, call: MemberCall, inputs: list[np.ndarray], workers: list[int]) -> None:
+        """Call ``workers`` and drive ``race`` until it is done, calling its reserves when it wants
+        them; calls still running at the end are left to finish unawaited."""
+        pending = {self.executor.submit(call, self.members[w], inputs[w]): w for w in workers}
+        race.advance(self.clock())
+        while True:
+            if race.wants_reserves():
+                for worker in race.call_reserves(self.deadline_s):
+                    pending[self.executor.submit(call, self.members[worker], inputs[worker])] = worker
+            if race.done():
+                return
+            done, _ = wait(pending, timeout=race.next_wakeup(), return_when=FIRST_COMPLETED)
+            for future in done:
+                worker = pending.pop(future)
+                try:
+                    race.on_result(worker, future.result())
+                except Exception as error:  # any member failure is a missing result, never a lost request
+                    race.on_failure(worker, str(error) or type(error).__name__)
+            race.advance(self.clock())
 
 
 def invalid_query_reason(query: np.ndarray) -> str | None:

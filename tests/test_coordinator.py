@@ -116,25 +116,61 @@ def test_everything_late_ends_at_the_timeout_with_an_error():
     assert "no answer in time" in outcome.errors[0]
 
 
-def test_lone_query_is_protected_by_its_copy_and_the_parity_is_not_called():
+def test_lone_query_goes_to_one_data_member_taking_turns_and_never_to_the_parity():
     one = queries[:1]
-    members = FakeMembers(failures={"m0"})
+    members = FakeMembers()
     coordinator = Coordinator(ParMAddition(K), MEMBERS, 0.05, 1.0)
-    outcome = coordinator.infer(one, members)
-    coordinator.executor.shutdown(wait=True)
-    np.testing.assert_allclose(outcome.outputs, model(one))
-    assert not outcome.reconstructed.any()  # the copy in slot 1 answered with the original
-    assert sorted(members.sent) == ["m0", "m1"]  # with both copies gone, k=2 could not decode from the parity
-    outcome = infer(one, FakeMembers(failures={"m0", "m1"}))
+    called = []
+    for _ in range(4):
+        members.sent.clear()
+        outcome = coordinator.infer(one, members)
+        np.testing.assert_allclose(outcome.outputs, model(one))
+        assert not outcome.reconstructed.any() and not outcome.errors
+        (member,) = members.sent
+        called.append(member)
+    assert sorted(called) == ["m0", "m0", "m1", "m1"]
+
+
+def test_lone_query_is_hedged_to_its_copy_at_once_on_an_error():
+    members = FakeMembers(failures={"m0"})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=10.0, timeout_s=20.0)
+    for _ in range(2):  # whichever member the query goes to first
+        start = time.monotonic()
+        outcome = coordinator.infer(queries[:1], members)
+        assert time.monotonic() - start < 2.0
+        np.testing.assert_allclose(outcome.outputs, model(queries[:1]))
+        assert not outcome.reconstructed.any() and not outcome.errors
+
+
+def test_lone_query_is_hedged_to_its_copy_after_the_deadline():
+    members = FakeMembers(delays={"m0": 5.0})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=10.0)
+    elapsed = []
+    for _ in range(2):
+        start = time.monotonic()
+        outcome = coordinator.infer(queries[:1], members)
+        elapsed.append(time.monotonic() - start)
+        np.testing.assert_allclose(outcome.outputs, model(queries[:1]))
+        assert not outcome.reconstructed.any()
+    assert min(elapsed) < 0.05 <= max(elapsed) < 1.0  # m1 answers at once; m0's turn waits for the deadline
+    assert "parity" not in members.sent
+
+
+def test_lone_query_with_every_copy_gone_gets_a_clear_error():
+    outcome = infer(queries[:1], FakeMembers(failures={"m0", "m1"}))
     assert "m0 is down" in outcome.errors[0] and "m1 is down" in outcome.errors[0]
     assert "worker 2" not in outcome.errors[0]
 
 
 def test_coded_workers_are_called_while_some_query_fills_a_single_slot():
     coordinator = Coordinator(ParMAddition(3), ("m0", "m1", "m2", "parity"), 0.05, 1.0)
-    assert list(coordinator.workers_to_call(GroupLayout.for_queries(1, 3))) == [0, 1, 2]
-    assert list(coordinator.workers_to_call(GroupLayout.for_queries(2, 3))) == [0, 1, 2, 3]  # slots [0, 1, 0]
-    assert list(coordinator.workers_to_call(GroupLayout.for_queries(4, 3))) == [0, 1, 2, 3]
+    called, reserved = coordinator.plan(GroupLayout.for_queries(1, 3))
+    assert len(called) == 1 and sorted(called + reserved) == [0, 1, 2]
+    assert coordinator.plan(GroupLayout.for_queries(2, 3)) == ([0, 1, 2, 3], [])  # slots [0, 1, 0]
+    assert coordinator.plan(GroupLayout.for_queries(4, 3)) == ([0, 1, 2, 3], [])
+    coordinator = Coordinator(ParMAddition(4), ("m0", "m1", "m2", "m3", "parity"), 0.05, 1.0)
+    called, reserved = coordinator.plan(GroupLayout.for_queries(2, 4))  # slots [0, 1, 0, 1]
+    assert sorted(np.array([0, 1, 0, 1])[called]) == [0, 1] and sorted(called + reserved) == [0, 1, 2, 3]
 
 
 def test_member_returning_garbage_counts_as_missing():
@@ -206,3 +242,17 @@ def test_outcome_counts_groups_and_padded_slots():
     assert (outcome.groups, outcome.padded_slots) == (2, 1)
     outcome = infer(queries, FakeMembers())
     assert (outcome.groups, outcome.padded_slots) == (2, 0)
+
+
+def test_lone_query_goes_to_its_copy_while_a_member_is_suspended():
+    members = FakeMembers(failures={"m0"})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, 10.0, 20.0, suspend_after=1, probe_interval_s=60.0)
+    coordinator.infer(queries[:1], members)
+    coordinator.infer(queries[:1], members)  # m0 has missed by now, whichever turn came first
+    reasons = []
+    for _ in range(4):
+        members.sent.clear()
+        outcome = coordinator.infer(queries[:1], members)
+        assert list(members.sent) == ["m1"] and not outcome.errors
+        reasons.append(outcome.worker_errors.get(0, ""))
+    assert sum("suspended" in reason for reason in reasons) == 2  # m0's turns, handed to its copy
