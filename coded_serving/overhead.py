@@ -179,9 +179,9 @@ def report(run: OverheadRun) -> str:
         f"request to a copy of it over one synchronous BLS call, the floor of any coordinator written as a Triton "
         f"Python model. `{IN_PROCESS}`: the coded ensemble (ParM, k=2), encoding/decoding in its own process (the "
         f"default). `{MODEL_CODEC}`: the same ensemble calling the standalone encoder model over BLS (and the "
-        "decoder, when decoding). A lone query (batch 1) is sent to both data members (its coding group is "
-        "filled with its copy, which already covers one loss, so the parity member is not called); a batch of "
-        "2 fills a coding group and goes to all three members.",
+        "decoder, when decoding). A lone query (batch 1) goes to one data member, its copy held in reserve "
+        "for the other (a hedge on error or after the deadline); a batch of 2 fills a coding group and goes "
+        "to all three members.",
         "",
         "## Concurrency 1 (requests interleaved across models)",
         "",
@@ -196,8 +196,8 @@ def report(run: OverheadRun) -> str:
     lines += [
         "",
         f"At concurrency 1, batch 1, HTTP: the coded ensemble costs {coded_ms:+.2f} ms over a direct call; "
-        f"forwarding over BLS alone costs {floor_ms:+.2f} ms, so the coordinator's own share (its second member "
-        f"call, the race, encoding, bookkeeping) is {coded_ms - floor_ms:+.2f} ms.",
+        f"forwarding over BLS alone costs {floor_ms:+.2f} ms, so the coordinator's own share (the member call "
+        f"on a thread, so that a deadline can cut it short, the race, bookkeeping) is {coded_ms - floor_ms:+.2f} ms.",
         "",
         "## Where the time goes (concurrency 1, batch 1, HTTP)",
         "",
