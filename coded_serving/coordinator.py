@@ -328,15 +328,18 @@ class Coordinator:
     def _race(self, race: GroupRace, call: MemberCall, inputs: list[np.ndarray], workers: list[int]) -> None:
         """Call ``workers`` and drive ``race`` until it is done, calling its reserves when it wants
         them; calls still running at the end are left to finish unawaited."""
-        pending = {self.executor.submit(call, self.members[w], inputs[w]): w for w in workers}
+        pending, to_call = {}, list(workers)
         race.advance(self.clock())
         while True:
             if race.wants_reserves():
-                for worker in race.call_reserves(self.deadline_s):
-                    pending[self.executor.submit(call, self.members[worker], inputs[worker])] = worker
+                to_call += race.call_reserves(self.deadline_s)
             if race.done():
                 return
-            done, _ = wait(pending, timeout=race.next_wakeup(), return_when=FIRST_COMPLETED)
+            timeout = race.next_wakeup()
+            # submitted just before the wait releases the GIL, so the member threads start at once
+            pending.update({self.executor.submit(call, self.members[w], inputs[w]): w for w in to_call})
+            to_call = []
+            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
                 worker = pending.pop(future)
                 try:
