@@ -18,6 +18,7 @@ from coded_serving.codes import ParMAddition
 from coded_serving.data import load_fashion_mnist
 from coded_serving.faults import FaultInjection
 from coded_serving.launcher import DEFAULT_REPOSITORY
+from coded_serving.overhead import inference_statistics
 
 ENSEMBLE = "lenet5_parm"
 MEMBERS = ["lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0"]
@@ -63,6 +64,27 @@ def test_concurrent_requests_are_grouped_and_each_gets_its_own_answer(server, pa
         results = list(pool.map(one, range(64)))
     for index, result in results:
         np.testing.assert_allclose(result.outputs[0], want[index], atol=1e-5)
+
+
+def test_lone_queries_take_turns_on_the_data_members_and_spare_the_parity(server, admin, patient_ensemble, images):
+    def member_calls():
+        counts = inference_statistics(server.config.http_url)
+        return np.array([counts.get(member, (0,))[0] for member in MEMBERS])
+
+    want = onnx_logits("lenet5", images[:12])
+    with ModelClient(server.config.http_url, ENSEMBLE) as client:
+        before = member_calls()
+        for i in range(6):
+            assert not client.infer(images[i:i + 1]).reconstructed.any()
+        calls = member_calls() - before
+        assert calls[0] > 0 and calls[1] > 0 and calls.sum() == 6 and calls[2] == 0
+        admin.unload_model(MEMBERS[0])  # its turns go to the copy on member 1: originals, not decodes
+        before = member_calls()
+        for i in range(6, 12):
+            result = client.infer(images[i:i + 1])
+            assert not result.reconstructed.any()
+            np.testing.assert_allclose(result.outputs[0], want[i], atol=1e-5)
+        assert (member_calls() - before).tolist() == [0, 6, 0]
 
 
 @pytest.mark.parametrize("missing_slot", [0, 1])
