@@ -4,7 +4,10 @@ Switched on per model through config parameters (a test or load test reloads the
 a config override), so the member stays a real Triton model. The NGC image's native backend
 ignores these parameters: there, stragglers come from outside (contention, network).
 
-A delay is ``delay_ms`` plus a random tail, applied to a ``delay_probability`` fraction of
+``service_ms`` is waited on every execute: an emulated accelerator's run time (the CPU stays free,
+as while a GPU runs the model), so a benchmark can show how the coordinator's fixed cost weighs
+against a model slower than LeNet-5 on a CPU. A delay (a straggler) comes on top of it:
+``delay_ms`` plus a random tail, applied to a ``delay_probability`` fraction of
 ``execute`` calls: an exponential tail (mean ``delay_tail_ms``), or a heavy Pareto tail
 (Lomax: scale ``delay_tail_ms``, shape ``delay_tail_alpha``; alpha <= 2 has infinite variance),
 capped at ``delay_max_ms`` so one draw cannot stall a whole benchmark. ``instances`` limits the
@@ -23,6 +26,7 @@ TAILS = ("exponential", "pareto")
 
 @dataclass(frozen=True)
 class FaultInjection:
+    service_ms: float = 0.0
     delay_ms: float = 0.0
     delay_tail_ms: float = 0.0
     delay_probability: float = 1.0
@@ -35,7 +39,7 @@ class FaultInjection:
     instances: tuple[int, ...] = ()
     seed: int = 0
 
-    PARAMETERS = ("delay_ms", "delay_tail_ms", "delay_probability", "delay_tail", "delay_tail_alpha",
+    PARAMETERS = ("service_ms", "delay_ms", "delay_tail_ms", "delay_probability", "delay_tail", "delay_tail_alpha",
                   "delay_max_ms", "error_probability", "instances", "seed")
 
     def __post_init__(self) -> None:
@@ -66,7 +70,7 @@ class FaultInjection:
 
     @property
     def active(self) -> bool:
-        return self.delay_ms > 0 or self.delay_tail_ms > 0 or self.error_probability > 0
+        return self.service_ms > 0 or self.delay_ms > 0 or self.delay_tail_ms > 0 or self.error_probability > 0
 
     def applies_to(self, instance_name: str) -> bool:
         """Whether Triton's instance ``<model>_<group>_<index>`` is one of ``instances``."""
@@ -87,7 +91,7 @@ class FaultInjection:
 
     def describe(self) -> str:
         """One line for reports: what fraction is delayed, by how much."""
-        parts = []
+        parts = [f"every execute takes {self.service_ms:g} ms of emulated accelerator time"] if self.service_ms else []
         if self.delay_ms or self.delay_tail_ms:
             tail = (f"exponential tail (mean {self.delay_tail_ms:g} ms)" if self.delay_tail == "exponential"
                     else f"Pareto tail (scale {self.delay_tail_ms:g} ms, alpha {self.delay_tail_alpha:g})")
@@ -107,15 +111,16 @@ class FaultInjector:
         self._random = random.Random(faults.seed)
 
     def next_delay_s(self) -> float:
+        """Service time plus, for a ``delay_probability`` fraction of executes, a straggler's delay."""
         f = self.faults
         if not (f.delay_ms or f.delay_tail_ms) or self._random.random() >= f.delay_probability:
-            return 0.0
+            return f.service_ms / 1000.0
         tail = 0.0
         if f.delay_tail_ms and f.delay_tail == "exponential":
             tail = self._random.expovariate(1.0 / f.delay_tail_ms)
         elif f.delay_tail_ms:
             tail = f.delay_tail_ms * (self._random.paretovariate(f.delay_tail_alpha) - 1)
-        return f._capped(f.delay_ms + tail) / 1000.0
+        return (f.service_ms + f._capped(f.delay_ms + tail)) / 1000.0
 
     def next_error(self) -> bool:
         return self._random.random() < self.faults.error_probability

@@ -36,7 +36,7 @@ from .codes import CodeSpec
 from .default_repository import coded_ensemble, onnx_model
 from .faults import FaultInjection
 from .launcher import ServerConfig, TritonServer, free_port
-from .repository import RepositorySpec, write_repository
+from .repository import OnnxModelSpec, RepositorySpec, write_repository
 
 NO_REDUNDANCY = "no_redundancy"
 EQUAL_RESOURCES = "equal_resources"
@@ -44,13 +44,17 @@ CODED = "parm"
 
 
 def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2,
-                              deadline_ms: float = 10.0) -> RepositorySpec:
-    """The coded ensemble (ParM addition, k) and its uncoded baselines, with m = k data members."""
-    return RepositorySpec((
+                              deadline_ms: float = 10.0, service_ms: float = 0.0) -> RepositorySpec:
+    """The coded ensemble (ParM addition, k) and its uncoded baselines, with m = k data members;
+    with ``service_ms``, every model execute waits that long (emulated accelerator time)."""
+    models = (
         replace(onnx_model(NO_REDUNDANCY, deployed_onnx), instances=k),
         replace(onnx_model(EQUAL_RESOURCES, deployed_onnx), instances=k + 1),
         *coded_ensemble(CODED, CodeSpec("parm-addition", k), deployed_onnx, parity_onnx, deadline_ms=deadline_ms),
-    ))
+    )
+    service = FaultInjection(service_ms=service_ms).to_parameters() if service_ms else {}
+    return RepositorySpec(tuple(replace(m, parameters=service) if isinstance(m, OnnxModelSpec) else m
+                                for m in models))
 
 
 @dataclass(frozen=True)
@@ -256,9 +260,9 @@ class BenchmarkServer:
         return self.server.config.http_url if protocol == "http" else self.server.config.grpc_url
 
     def load(self, model: str, faults: FaultInjection | None = None) -> None:
-        """(Re)load ``model`` from its spec, with ``faults`` switched on when given."""
+        """(Re)load ``model`` from its spec, with ``faults`` instead of its own injection when given."""
         config = json_format.MessageToDict(self.models[model].config(), preserving_proto_field_name=True)
-        self.admin.load_model(model, config=json.dumps(with_faults(config, faults)))
+        self.admin.load_model(model, config=json.dumps(config if faults is None else with_faults(config, faults)))
         (self._changed.add if faults else self._changed.discard)(model)
 
     def reset(self) -> None:

@@ -64,6 +64,8 @@ class BenchmarkSettings:
         delay_probability=0.02, delay_ms=20.0, delay_tail_ms=40.0, delay_tail="pareto", delay_tail_alpha=1.5,
         delay_max_ms=500.0, seed=1,
     ))
+    #: every model execute waits this long: emulated accelerator time (0: LeNet-5 on the CPU as it is)
+    service_ms: float = 0.0
     contention_processes: int = 1
     failure_at_s: float = 8.0
     batches: tuple[int, ...] = (2, 4)
@@ -112,7 +114,8 @@ def benchmark_scenarios(settings: BenchmarkSettings) -> list[Scenario]:
                         warmup_s=s.warmup_s, **extra)
 
     def slow(system: str, duration_s: float, batch: int = 1) -> Scenario:
-        return scenario(system, SLOW, duration_s, batch=batch, faults=(slow_member(system, s.slow),))
+        faults = replace(s.slow, service_ms=s.service_ms)
+        return scenario(system, SLOW, duration_s, batch=batch, faults=(slow_member(system, faults),))
 
     scenarios = [scenario(system, HEALTHY, s.short_duration_s) for system in (NO_REDUNDANCY, EQUAL_RESOURCES, CODED)]
     scenarios.append(slow(NO_REDUNDANCY, s.short_duration_s))
@@ -329,6 +332,9 @@ def write_report(path: Path, info: RunInfo, settings: BenchmarkSettings, results
         "coded ensemble (delay injected in the member's backend, so the slowdown comes from outside the model). "
         "The draw is per execute: the coded data member executes for every coding group, one instance of an "
         "uncoded model for a share of the requests, so the coded member is slowed more often in wall-clock terms.",
+        *([f"- Service time: every execute of every model (each instance, each member) waits {s.service_ms:g} ms "
+           "before running, an emulated accelerator's run time (the CPU stays free), on top of any straggler delay."]
+          if s.service_ms else []),
         f"- CPU contention: {s.contention_processes} busy-loop process(es) pinned to core 1 with every thread of "
         "that member's stub process.",
         f"- Failures: {s.failure_at_s:g} s after locust starts, that member's stub process is SIGKILLed, or a coded "
@@ -370,7 +376,7 @@ def run_benchmark(settings: BenchmarkSettings, deployed_onnx: Path, parity_onnx:
     started = time.monotonic()
     info_start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_average = os.getloadavg()
-    spec = benchmark_repository_spec(deployed_onnx, parity_onnx, settings.k, settings.deadline_ms)
+    spec = benchmark_repository_spec(deployed_onnx, parity_onnx, settings.k, settings.deadline_ms, settings.service_ms)
     scenarios = benchmark_scenarios(settings)
     results = []
     with BenchmarkServer(spec, workdir) as bench:

@@ -55,6 +55,26 @@ def test_fault_parameters_round_trip_and_select_instances():
         FaultInjection(delay_tail="lognormal")
 
 
+def test_service_time_is_waited_on_every_execute_with_any_delay_on_top():
+    injector = FaultInjector(FaultInjection(service_ms=5, delay_ms=20, delay_probability=0.5, seed=2))
+    draws = np.array([injector.next_delay_s() for _ in range(10_000)]) * 1000
+    assert set(np.round(draws, 6)) == {5.0, 25.0}
+    assert FaultInjection.from_parameters(FaultInjection(service_ms=5).to_parameters()).service_ms == 5
+    assert "5 ms of emulated accelerator time" in FaultInjection(service_ms=5).describe()
+
+
+def test_benchmark_repository_with_service_time_gives_it_to_every_model_instance():
+    spec = benchmark_repository_spec(DEFAULT_REPOSITORY / "lenet5/1/model.onnx",
+                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5)
+    served = {m.name: FaultInjection.from_parameters(
+        {k: v.string_value for k, v in m.config().parameters.items()}).service_ms for m in spec.models}
+    assert served == {NO_REDUNDANCY: 5, EQUAL_RESOURCES: 5, f"{CODED}_member_0": 5, f"{CODED}_member_1": 5,
+                      f"{CODED}_coded_0": 5, CODED: 0, f"{CODED}_encoder": 0, f"{CODED}_decoder": 0}
+    scenarios = benchmark_scenarios(BenchmarkSettings(service_ms=5))
+    slow = [faults for s in scenarios if s.condition == SLOW for _, faults in s.faults]
+    assert slow and all(faults.service_ms == 5 for faults in slow)  # the straggler comes on top
+
+
 def read_locust_totals(path) -> dict[str, str]:
     with open(path, newline="") as stream:
         return next(row for row in csv.DictReader(stream) if row["Name"] == "Aggregated")
