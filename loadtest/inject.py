@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP endpoint")
     commands = parser.add_subparsers(dest="command", required=True)
     faults = commands.add_parser("faults", help="reload the model with delays and/or errors switched on")
+    faults.add_argument("--service-ms", type=float, default=0.0,
+                        help="waited on every execute: emulated accelerator time, the CPU stays free")
     faults.add_argument("--probability", type=float, default=1.0, help="fraction of executes delayed")
     faults.add_argument("--delay-ms", type=float, default=0.0, help="fixed part of a delay")
     faults.add_argument("--tail-ms", type=float, default=0.0, help="exponential mean, or Pareto scale")
@@ -57,8 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     admin = http.InferenceServerClient(args.url, network_timeout=120)
     try:
         if args.command == "faults":
-            injected = FaultInjection(args.delay_ms, args.tail_ms, args.probability, args.tail, args.alpha, args.max_ms,
-                                      args.error_probability, tuple(args.instances), args.seed)
+            injected = FaultInjection(
+                service_ms=args.service_ms, delay_ms=args.delay_ms, delay_tail_ms=args.tail_ms,
+                delay_probability=args.probability, delay_tail=args.tail, delay_tail_alpha=args.alpha,
+                delay_max_ms=args.max_ms, error_probability=args.error_probability, instances=tuple(args.instances),
+                seed=args.seed,
+            )
             config = with_faults(admin.get_model_config(args.model), injected)
             admin.load_model(args.model, config=json.dumps(config))
             print(f"{args.model}: {injected.describe()}")
