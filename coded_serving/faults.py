@@ -76,6 +76,10 @@ class FaultInjection:
         """Whether Triton's instance ``<model>_<group>_<index>`` is one of ``instances``."""
         return not self.instances or int(instance_name.rsplit("_", 1)[1]) in self.instances
 
+    def for_instance(self, instance_name: str) -> "FaultInjection":
+        """What one instance does: the service time everywhere, stragglers and errors where they apply."""
+        return self if self.applies_to(instance_name) else FaultInjection(service_ms=self.service_ms)
+
     def delay_quantile_ms(self, q: float) -> float:
         """The q-quantile of one injected delay, given that the execute is delayed (closed form)."""
         if self.delay_tail_ms <= 0:

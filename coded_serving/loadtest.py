@@ -36,15 +36,15 @@ from .codes import CodeSpec
 from .default_repository import coded_ensemble, onnx_model
 from .faults import FaultInjection
 from .launcher import ServerConfig, TritonServer, free_port
-from .repository import OnnxModelSpec, RepositorySpec, write_repository
+from .repository import CodedEnsembleSpec, OnnxModelSpec, RepositorySpec, write_repository
 
 NO_REDUNDANCY = "no_redundancy"
 EQUAL_RESOURCES = "equal_resources"
 CODED = "parm"
 
 
-def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2,
-                              deadline_ms: float = 10.0, service_ms: float = 0.0) -> RepositorySpec:
+def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2, deadline_ms: float = 10.0,
+                              service_ms: float = 0.0, coordinator_instances: int = 2) -> RepositorySpec:
     """The coded ensemble (ParM addition, k) and its uncoded baselines, with m = k data members;
     with ``service_ms``, every model execute waits that long (emulated accelerator time)."""
     models = (
@@ -53,8 +53,13 @@ def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2
         *coded_ensemble(CODED, CodeSpec("parm-addition", k), deployed_onnx, parity_onnx, deadline_ms=deadline_ms),
     )
     service = FaultInjection(service_ms=service_ms).to_parameters() if service_ms else {}
-    return RepositorySpec(tuple(replace(m, parameters=service) if isinstance(m, OnnxModelSpec) else m
-                                for m in models))
+
+    def configured(model):
+        if isinstance(model, OnnxModelSpec):
+            return replace(model, parameters=service)
+        return replace(model, instances=coordinator_instances) if isinstance(model, CodedEnsembleSpec) else model
+
+    return RepositorySpec(tuple(configured(model) for model in models))
 
 
 @dataclass(frozen=True)

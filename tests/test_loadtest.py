@@ -51,6 +51,8 @@ def test_fault_parameters_round_trip_and_select_instances():
     assert FaultInjection.from_parameters(FaultInjection().to_parameters()) == FaultInjection()
     assert faults.applies_to("equal_resources_0_2") and not faults.applies_to("equal_resources_0_1")
     assert FaultInjection().applies_to("lenet5_0_1")
+    served = FaultInjection(service_ms=5, delay_ms=20, instances=(0,))
+    assert served.for_instance("m_0_0") == served and served.for_instance("m_0_1") == FaultInjection(service_ms=5)
     with pytest.raises(ValueError, match="delay_tail"):
         FaultInjection(delay_tail="lognormal")
 
@@ -65,11 +67,13 @@ def test_service_time_is_waited_on_every_execute_with_any_delay_on_top():
 
 def test_benchmark_repository_with_service_time_gives_it_to_every_model_instance():
     spec = benchmark_repository_spec(DEFAULT_REPOSITORY / "lenet5/1/model.onnx",
-                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5)
+                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5,
+                                     coordinator_instances=4)
     served = {m.name: FaultInjection.from_parameters(
         {k: v.string_value for k, v in m.config().parameters.items()}).service_ms for m in spec.models}
     assert served == {NO_REDUNDANCY: 5, EQUAL_RESOURCES: 5, f"{CODED}_member_0": 5, f"{CODED}_member_1": 5,
                       f"{CODED}_coded_0": 5, CODED: 0, f"{CODED}_encoder": 0, f"{CODED}_decoder": 0}
+    assert next(m for m in spec.models if m.name == CODED).instances == 4
     scenarios = benchmark_scenarios(BenchmarkSettings(service_ms=5))
     slow = [faults for s in scenarios if s.condition == SLOW for _, faults in s.faults]
     assert slow and all(faults.service_ms == 5 for faults in slow)  # the straggler comes on top
@@ -113,6 +117,17 @@ def test_benchmark_repository_gives_every_system_its_resources(bench):
     for model in (NO_REDUNDANCY, EQUAL_RESOURCES, CODED):
         with ModelClient(bench.url("http"), model) as client:
             assert client.infer(IMAGE).outputs.shape == (1, 10)
+
+
+def test_service_time_slows_every_instance_and_the_straggler_only_its_own(bench):
+    bench.load(EQUAL_RESOURCES, FaultInjection(service_ms=30, delay_ms=150, instances=(1,)))
+    try:
+        with ModelClient(bench.url("http"), EQUAL_RESOURCES) as client:
+            latencies = np.array([client.infer(IMAGE).latency_ms for _ in range(12)])
+    finally:
+        bench.reset()
+    assert latencies.min() >= 30
+    assert 0 < (latencies >= 180).sum() < 12  # one instance of three straggles
 
 
 def inject(bench, *args: str) -> None:

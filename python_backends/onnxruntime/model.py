@@ -28,9 +28,8 @@ class TritonPythonModel:
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        faults = FaultInjection.from_parameters(parameters)
         # a multi-instance model may have only some instances misbehave
-        self.faults = FaultInjector(faults if faults.applies_to(args["model_instance_name"]) else FaultInjection())
+        self.faults = FaultInjector(FaultInjection.from_parameters(parameters).for_instance(args["model_instance_name"]))
 
     def execute(self, requests):
         delay = self.faults.next_delay_s()
