@@ -12,8 +12,9 @@ request than asyncio with ``async_exec``, which adds hops through an event loop.
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -276,6 +277,8 @@ class Coordinator:
         self.codec = self.codec or InProcessCodec(self.code)
         self.health = MemberHealth(self.code.num_workers, self.suspend_after, self.probe_interval_s)
         self._turn = 0
+        self._in_flight = [0] * self.code.num_workers
+        self._in_flight_lock = threading.Lock()
 
     def infer(self, queries: np.ndarray, call: MemberCall) -> Outcome:
         """Answer every query of ``queries`` [n, *in]."""
@@ -314,16 +317,29 @@ class Coordinator:
     def plan(self, layout: GroupLayout) -> tuple[list[int], list[int]]:
         """(workers to call, workers held in reserve). Every worker, unless each query already fills
         ``num_coded + 1`` slots (a lone query padded with its copies) in a systematic code: then
-        one data worker per query is called, taking turns, its copies are held in reserve (a
-        hedge after the deadline, or at once on an error), and the coded workers are not called,
-        because losing every copy of a query is more than the code can decode anyway."""
+        one data worker per query is called, its copies are held in reserve (a hedge after the
+        deadline, or at once on an error), and the coded workers are not called, because losing
+        every copy of a query is more than the code can decode anyway. The called worker is the one
+        with the fewest calls in flight (a straggler still holds its last one), taking turns among equals."""
         if not (self.code.systematic and layout.min_copies > self.code.num_coded):
             return list(range(self.code.num_workers)), []
         self._turn += 1
         slots = layout.slots[0]
-        called = [int(np.flatnonzero(slots == query)[self._turn % np.count_nonzero(slots == query)])
+        called = [min(np.roll(np.flatnonzero(slots == query), -self._turn).tolist(), key=self._in_flight.__getitem__)
                   for query in range(layout.num_queries)]
         return called, [w for w in range(self.code.k) if w not in called]
+
+    def _submit(self, call: MemberCall, worker: int, batch: np.ndarray) -> Future:
+        with self._in_flight_lock:
+            self._in_flight[worker] += 1
+        return self.executor.submit(self._counted_call, call, worker, batch)
+
+    def _counted_call(self, call: MemberCall, worker: int, batch: np.ndarray) -> np.ndarray:
+        try:
+            return call(self.members[worker], batch)
+        finally:  # before the race hears of the answer, so the next plan sees the member free
+            with self._in_flight_lock:
+                self._in_flight[worker] -= 1
 
     def _race(self, race: GroupRace, call: MemberCall, inputs: list[np.ndarray], workers: list[int]) -> None:
         """Call ``workers`` and drive ``race`` until it is done, calling its reserves when it wants
@@ -337,7 +353,7 @@ class Coordinator:
                 return
             timeout = race.next_wakeup()
             # submitted just before the wait releases the GIL, so the member threads start at once
-            pending.update({self.executor.submit(call, self.members[w], inputs[w]): w for w in to_call})
+            pending.update({self._submit(call, w, inputs[w]): w for w in to_call})
             to_call = []
             done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:

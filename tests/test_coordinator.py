@@ -256,3 +256,16 @@ def test_lone_query_goes_to_its_copy_while_a_member_is_suspended():
         assert list(members.sent) == ["m1"] and not outcome.errors
         reasons.append(outcome.worker_errors.get(0, ""))
     assert sum("suspended" in reason for reason in reasons) == 2  # m0's turns, handed to its copy
+
+
+def test_lone_queries_avoid_a_member_that_still_holds_a_late_call():
+    members = FakeMembers(delays={"m0": 1.0})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=5.0)
+    for _ in range(2):  # m0 gets its turn in one of them, is hedged after the deadline and stays busy
+        coordinator.infer(queries[:1], members)
+    for _ in range(4):
+        members.sent.clear()
+        start = time.monotonic()
+        outcome = coordinator.infer(queries[:1], members)
+        assert time.monotonic() - start < 0.05 and not outcome.errors  # m1 at once, no deadline to wait
+        assert list(members.sent) == ["m1"]
