@@ -38,6 +38,7 @@ class GroupLayout:
     """
 
     slots: np.ndarray
+    num_queries: int
 
     @classmethod
     def for_queries(cls, num_queries: int, k: int) -> "GroupLayout":
@@ -47,11 +48,7 @@ class GroupLayout:
         slots = np.arange(groups * k).reshape(groups, k)
         tail = num_queries - (groups - 1) * k
         slots[-1] = (groups - 1) * k + np.arange(k) % tail
-        return cls(slots)
-
-    @property
-    def num_queries(self) -> int:
-        return int(self.slots.max()) + 1
+        return cls(slots, num_queries)
 
     def gather(self, queries: np.ndarray) -> np.ndarray:
         return queries[self.slots]
@@ -104,6 +101,11 @@ class GroupRace:
         self.results: np.ndarray | None = None
         self.worker_errors: dict[int, str] = {}
         self._now = start
+        self._has_original: np.ndarray | None = None
+
+    def _set(self, workers: int | list[int], state: int) -> None:
+        self.state[workers] = state
+        self._has_original = None
 
     def on_result(self, worker: int, output: np.ndarray) -> None:
         groups = self.layout.slots.shape[0]
@@ -117,18 +119,18 @@ class GroupRace:
         elif output.shape[1:] != self.results.shape[2:]:
             return self.on_failure(worker, f"returned shape {list(output.shape)}, others {list(self.results.shape[2:])}")
         self.results[:, worker] = output
-        self.state[worker] = ANSWERED
+        self._set(worker, ANSWERED)
 
     def skip(self, worker: int) -> None:
-        self.state[worker] = SKIPPED
+        self._set(worker, SKIPPED)
 
     def reserve(self, worker: int, reason: str | None = None) -> None:
-        self.state[worker] = RESERVED
+        self._set(worker, RESERVED)
         if reason:
             self.worker_errors[worker] = reason
 
     def on_failure(self, worker: int, message: str) -> None:
-        self.state[worker] = FAILED
+        self._set(worker, FAILED)
         self.worker_errors[worker] = message
 
     def advance(self, now: float) -> None:
@@ -142,7 +144,7 @@ class GroupRace:
     def call_reserves(self, deadline_s: float) -> list[int]:
         """The reserved workers, now pending with a fresh deadline."""
         workers = np.flatnonzero(self.state == RESERVED).tolist()
-        self.state[workers] = PENDING
+        self._set(workers, PENDING)
         for worker in workers:
             self.worker_errors.pop(worker, None)
         self.deadline = self._now + deadline_s
@@ -166,10 +168,11 @@ class GroupRace:
         return self.available[: self.code.k]
 
     def _query_has_original(self) -> np.ndarray:
-        has = np.zeros(self.layout.num_queries, bool)
-        originals = self._original_slots()
-        has[self.layout.slots[:, originals].ravel()] = True
-        return has
+        """bool[num_queries], kept until the next change of state: the race asks often."""
+        if self._has_original is None:
+            self._has_original = np.zeros(self.layout.num_queries, bool)
+            self._has_original[self.layout.slots[:, self._original_slots()].ravel()] = True
+        return self._has_original
 
     def done(self) -> bool:
         if self._query_has_original().all() or self._can_decode():
@@ -324,9 +327,11 @@ class Coordinator:
         if not (self.code.systematic and layout.min_copies > self.code.num_coded):
             return list(range(self.code.num_workers)), []
         self._turn += 1
-        slots = layout.slots[0]
-        called = [min(np.roll(np.flatnonzero(slots == query), -self._turn).tolist(), key=self._in_flight.__getitem__)
-                  for query in range(layout.num_queries)]
+        slots, called = layout.slots[0].tolist(), []
+        for query in range(layout.num_queries):
+            holders = [slot for slot, held in enumerate(slots) if held == query]
+            turn = self._turn % len(holders)
+            called.append(min(holders[turn:] + holders[:turn], key=self._in_flight.__getitem__))
         return called, [w for w in range(self.code.k) if w not in called]
 
     def _submit(self, call: MemberCall, worker: int, batch: np.ndarray) -> Future:
