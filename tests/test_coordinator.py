@@ -144,7 +144,7 @@ def test_lone_query_is_hedged_to_its_copy_at_once_on_an_error():
 
 def test_lone_query_is_hedged_to_its_copy_after_the_deadline():
     members = FakeMembers(delays={"m0": 5.0})
-    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=10.0)
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.3, timeout_s=10.0)
     elapsed = []
     for _ in range(2):
         start = time.monotonic()
@@ -152,7 +152,7 @@ def test_lone_query_is_hedged_to_its_copy_after_the_deadline():
         elapsed.append(time.monotonic() - start)
         np.testing.assert_allclose(outcome.outputs, model(queries[:1]))
         assert not outcome.reconstructed.any()
-    assert min(elapsed) < 0.05 <= max(elapsed) < 1.0  # m1 answers at once; m0's turn waits for the deadline
+    assert min(elapsed) < 0.3 <= max(elapsed) < 3.0  # m1 answers at once; m0's turn waits for the deadline
     assert "parity" not in members.sent
 
 
@@ -259,13 +259,13 @@ def test_lone_query_goes_to_its_copy_while_a_member_is_suspended():
 
 
 def test_lone_queries_avoid_a_member_that_still_holds_a_late_call():
-    members = FakeMembers(delays={"m0": 1.0})
-    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.05, timeout_s=5.0)
+    members = FakeMembers(delays={"m0": 5.0})
+    coordinator = Coordinator(ParMAddition(K), MEMBERS, deadline_s=0.3, timeout_s=10.0)
     for _ in range(2):  # m0 gets its turn in one of them, is hedged after the deadline and stays busy
         coordinator.infer(queries[:1], members)
     for _ in range(4):
         members.sent.clear()
         start = time.monotonic()
         outcome = coordinator.infer(queries[:1], members)
-        assert time.monotonic() - start < 0.05 and not outcome.errors  # m1 at once, no deadline to wait
+        assert time.monotonic() - start < 0.3 and not outcome.errors  # m1 at once, no deadline to wait
         assert list(members.sent) == ["m1"]
