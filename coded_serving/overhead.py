@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 
 from .client import ModelClient
 from .default_repository import DEPLOYED_ONNX, IMAGE, LOGITS, default_repository_spec, onnx_model
+from .report_sections import machine_description
 from .repository import CodedEnsembleSpec, ForwardModelSpec, RepositorySpec, write_repository
 
 DIRECT = "lenet5"
@@ -230,8 +230,3 @@ def report(run: OverheadRun) -> str:
         lines.append(f"| `{summary.model}` | {summary.requests} | {summary.throughput_rps:.0f} | "
                      f"{summary.median_ms:.2f} | {summary.p99_ms:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def machine_description() -> str:
-    import os
-    return f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()})"

@@ -12,6 +12,8 @@ The text before the first section (the preamble: title, how to regenerate) is ke
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,3 +52,15 @@ def update_report(path: Path, sections: Iterable[ReportSection], preamble: str |
     ordered = sorted(merged.values(), key=lambda section: (section.order, section.key))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([preamble.rstrip() + "\n", *(section.render() for section in ordered)]))
+
+
+def machine_description() -> str:
+    """The machine a benchmark ran on, for its report: host, CPU, cores, memory, OS, Python."""
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")

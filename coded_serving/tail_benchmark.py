@@ -11,7 +11,6 @@ The report (markdown, two plots) states the goals of the issue as ratios measure
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ import numpy as np
 
 from .faults import FaultInjection
 from .launcher import PROJECT_ROOT
+from .report_sections import machine_description
 from .loadtest import (
     CODED, EQUAL_RESOURCES, NO_REDUNDANCY, BenchmarkServer, Contention, Failure, Scenario, ScenarioResult,
     benchmark_repository_spec, run_scenario,
@@ -181,17 +181,6 @@ def goals(results: list[ScenarioResult]) -> list[Goal]:
                           "coded median - Equal-Resources median",
                           f"{healthy_coded.median_ms - healthy_er.median_ms:+.2f} ms", "informative", None))
     return found
-
-
-def machine_description() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}")
 
 
 def git_revision() -> str:

@@ -30,8 +30,7 @@ from coded_serving.accuracy_report import SECTION_BUILDERS, ReportInputs, RunInf
 from coded_serving.data import load_fashion_mnist
 from coded_serving.exporting import ModelRecord, TrainingPlan, read_manifest
 from coded_serving.launcher import PROJECT_ROOT, ServerConfig, TritonServer, free_port
-from coded_serving.overhead import machine_description
-from coded_serving.report_sections import update_report
+from coded_serving.report_sections import machine_description, update_report
 
 
 def main() -> None:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
 from coded_serving.codes.invnet import MLPHead
 from coded_serving.data import load_fashion_mnist
 from coded_serving.invnet_benchmark import invnet_section, measure_invnet
-from coded_serving.report_sections import ReportSection, update_report
+from coded_serving.report_sections import ReportSection, machine_description, update_report
 from coded_serving.invnet_training import HEAD_FILE
 from coded_serving.launcher import PROJECT_ROOT
 
@@ -38,7 +36,7 @@ def main() -> None:
     training = json.loads(args.training.read_text())
     figures = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine_description(),
         "served": {str(k): value for k, value in served.items()},
     }
     section = invnet_section(training, served)

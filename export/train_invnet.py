@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from coded_serving.invnet_training import (
     evaluate_backup, export_invnet, train_generator, train_invertible_classifier,
 )
 from coded_serving.launcher import PROJECT_ROOT
+from coded_serving.report_sections import machine_description
 from coded_serving.training import accuracy, predict_logits
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     )
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine_description(),
         "threads": args.threads,
         "dataset": {"name": "fashion-mnist", "train": len(data.train), "val": len(data.val), "test": len(test),
                     "seed": args.seed},
