@@ -68,10 +68,6 @@ class FaultInjection:
         values["instances"] = ",".join(str(index) for index in self.instances)
         return {f"inject_{name}": str(value) for name, value in values.items()}
 
-    @property
-    def active(self) -> bool:
-        return self.service_ms > 0 or self.delay_ms > 0 or self.delay_tail_ms > 0 or self.error_probability > 0
-
     def applies_to(self, instance_name: str) -> bool:
         """Whether Triton's instance ``<model>_<group>_<index>`` is one of ``instances``."""
         return not self.instances or int(instance_name.rsplit("_", 1)[1]) in self.instances

@@ -19,7 +19,6 @@ from .codes import CodeSpec, make_code
 from .remote import RemoteMember, is_remote
 
 DTYPES = {"FP32": mc.TYPE_FP32, "BOOL": mc.TYPE_BOOL, "INT64": mc.TYPE_INT64}
-NUMPY_DTYPES = {"FP32": "float32", "BOOL": "bool", "INT64": "int64"}
 RECONSTRUCTED = "reconstructed"
 
 

@@ -77,8 +77,8 @@ class EnsembleMetrics:
     """Prometheus counters on Triton's metrics port (custom-metrics API). The batcher's queue
     delay, i.e. the time spent forming coding groups, is Triton's own nv_inference_queue_duration_us.
 
-    Each increment is a round trip to the server process (about 50 us), too dear for every
-    request: counts are added up here and sent every ``METRICS_FLUSH_S`` by a background thread.
+    Each increment is a round trip to the server process, too dear for every request: counts
+    are added up here and sent every ``METRICS_FLUSH_S`` by a background thread.
     """
 
     def __init__(self, model, members):
