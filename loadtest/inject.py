@@ -97,13 +97,10 @@ def _port(url: str) -> int:
 
 
 def _reset(admin: http.InferenceServerClient, model: str) -> None:
-    """Unload first: a reload with an unchanged config would keep a killed stub."""
-    try:
-        config = with_faults(admin.get_model_config(model), None)
-    except InferenceServerException:  # unloaded: the repository's config is the one to load
-        config = None
+    """The repository's own config (a service time it sets included). Unload first: a reload with
+    an unchanged config would keep a killed stub."""
     admin.unload_model(model)
-    admin.load_model(model, config=json.dumps(config) if config else None)
+    admin.load_model(model)
 
 
 if __name__ == "__main__":
