@@ -35,9 +35,8 @@ from threading import local
 
 import numpy as np
 import tritonclient.http as http
-from tritonclient.utils import InferenceServerException
 
-from .client import ModelClient
+from .client import ModelClient, load_retrying
 from .codes import Code, CodeSpec, make_code
 from .data import Dataset
 from .default_repository import IMAGE, LOGITS
@@ -289,15 +288,8 @@ class LiveExecutor:
             clients[model] = ModelClient(self.url, model, timeout_s=600.0)
         return clients[model]
 
-    def _load(self, name: str, attempts: int = 3) -> None:
-        """A load can fail while the shared machine is short of processes; it is tried again."""
-        for attempt in range(attempts):
-            try:
-                return self._admin().load_model(name)
-            except InferenceServerException:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(10)
+    def _load(self, name: str) -> None:
+        load_retrying(self._admin(), name, attempts=3)
 
     def _unload(self, names: list[str]) -> None:
         list(self._pool.map(lambda name: self._admin().unload_model(name), names))

@@ -70,3 +70,17 @@ def _grpc_to_dict(metadata) -> dict:
     def tensors(items):
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
     return {"inputs": tensors(metadata.inputs), "outputs": tensors(metadata.outputs)}
+
+
+def load_retrying(admin, model: str, attempts: int, pause_s: float = 10.0) -> None:
+    """Load ``model`` through ``admin`` (a tritonclient HTTP client), trying again: on a machine
+    shared with other servers a stub can fail to start for a moment (seen: pthread_create refused
+    while another server held 24k threads)."""
+    from tritonclient.utils import InferenceServerException
+    for attempt in range(attempts):
+        try:
+            return admin.load_model(model)
+        except InferenceServerException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as http
-from tritonclient.utils import InferenceServerException
 
-from .client import ModelClient
+from .client import ModelClient, load_retrying
 from .invnet_repository import invnet_repository_spec
 from .launcher import ServerConfig, TritonServer, free_port
 from .repository import write_repository
@@ -46,18 +45,6 @@ def _wait_unloaded(admin: http.InferenceServerClient, model: str, timeout_s: flo
         time.sleep(0.1)
 
 
-def _load(admin: http.InferenceServerClient, model: str, attempts: int = 5, pause_s: float = 10.0) -> None:
-    """Reload a member, retrying: on a machine shared with other servers its stub can fail to start
-    for a moment (seen: pthread_create refused while another server held 24k threads)."""
-    for attempt in range(attempts):
-        try:
-            return admin.load_model(model)
-        except InferenceServerException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(pause_s)
-
-
 def measure_served(url: str, ensemble: str, k: int, images: np.ndarray, labels: np.ndarray) -> dict:
     """Figures of one ensemble on a running server; ``len(images)`` must be a multiple of k."""
     if len(images) % k:
@@ -78,7 +65,7 @@ def measure_served(url: str, ensemble: str, k: int, images: np.ndarray, labels: 
                 admin.unload_model(member)
                 _wait_unloaded(admin, member)
                 served, flags = _infer_all(client, images, k)
-                _load(admin, member)
+                load_retrying(admin, member, attempts=5)
                 predictions[slots == j] = served[slots == j].argmax(axis=1)
                 unexpected += int(np.sum(flags != (slots == j)))
     finally:
