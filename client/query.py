@@ -10,7 +10,7 @@ import sys
 
 
 from coded_serving.client import ModelClient
-from coded_serving.data import load_fashion_mnist
+from coded_serving.training.data import load_fashion_mnist
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}

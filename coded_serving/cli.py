@@ -1,4 +1,5 @@
-"""``coded-serving serve``: the real tritonserver on loopback, with the project's backends."""
+"""``coded-serving serve``: the real tritonserver on loopback, with the project's backends;
+``coded-serving backends DIR``: lay out those backends for another server (the Docker image)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .launcher import ADMIN_HEADER, DEFAULT_REPOSITORY, ServerConfig, TritonServer
+from coded_serving.deployment.backends import install_backends
+from coded_serving.deployment.launcher import ADMIN_HEADER, DEFAULT_REPOSITORY, ServerConfig, TritonServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--log-file", type=Path, help="server log (default: none)")
     serve.add_argument("--log-verbose", type=int, default=0)
+    backends = commands.add_parser("backends", help="lay out the project's backends (Python-based ones and the "
+                                   "compiled scheduler) in a server's backend directory")
+    backends.add_argument("directory", type=Path, help="e.g. /opt/tritonserver/backends")
     args = parser.parse_args(argv)
+    if args.command == "backends":
+        for backend in sorted(install_backends(args.directory).iterdir()):
+            print(backend)
+        return 0
     config = ServerConfig(args.model_repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
                           args.log_verbose, admin_key=args.admin_key)
     return serve_forever(config, args.log_file)

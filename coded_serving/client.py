@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .repository import RECONSTRUCTED
+from coded_serving.specs import RECONSTRUCTED
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import torch
 
-from coded_serving.accuracy import (
+from coded_serving.benchmarks.accuracy import (
     DEFAULT_ADOPT, DEFAULT_OUT, AccuracyGrid, BenchmarkPaths, LiveExecutor, OfflineExecutor,
     live_repository, measure, measurements_from_json, measurements_to_json, train_grid, tune_grid,
 )
-from coded_serving.accuracy_report import SECTION_BUILDERS, ReportInputs, RunInfo, preamble
-from coded_serving.data import load_fashion_mnist
-from coded_serving.exporting import ModelRecord, TrainingPlan, read_manifest
-from coded_serving.launcher import PROJECT_ROOT, ServerConfig, TritonServer, free_port
-from coded_serving.report_sections import machine_description, update_report
+from coded_serving.benchmarks.accuracy_report import SECTION_BUILDERS, ReportInputs, RunInfo, preamble
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.training.pipeline import ModelRecord, TrainingPlan, read_manifest
+from coded_serving.deployment.launcher import PROJECT_ROOT, ServerConfig, TritonServer, free_port
+from coded_serving.benchmarks.report_sections import machine_description, update_report
 
 
 def main() -> None:

@@ -12,12 +12,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from coded_serving.codes.invnet import MLPHead
-from coded_serving.data import load_fashion_mnist
-from coded_serving.invnet_benchmark import invnet_section, measure_invnet
-from coded_serving.report_sections import ReportSection, machine_description, update_report
-from coded_serving.invnet_training import HEAD_FILE
-from coded_serving.launcher import PROJECT_ROOT
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.benchmarks.invnet import invnet_section, measure_invnet
+from coded_serving.benchmarks.report_sections import ReportSection, machine_description, update_report
+from coded_serving.deployment.launcher import PROJECT_ROOT
 
 
 def main() -> None:
@@ -30,8 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     test = load_fashion_mnist().test
-    feature_dim = MLPHead.load(args.onnx_dir / HEAD_FILE).feature_dim
-    served = measure_invnet(args.onnx_dir, tuple(args.ks), feature_dim, test.images, test.labels,
+    served = measure_invnet(args.onnx_dir, tuple(args.ks), test.images, test.labels,
                             args.onnx_dir / "served")
     training = json.loads(args.training.read_text())
     figures = {

@@ -11,9 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from coded_serving.cluster import write_cluster
-from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
-from coded_serving.default_repository import onnx_files_of_default_repository
+from coded_serving.deployment.builder import default_repository_spec, onnx_files_of_default_repository, write_cluster
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
 
 
 def main() -> None:
@@ -25,7 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = onnx_files_of_default_repository(DEFAULT_REPOSITORY, Path(tmp))
-        for path in write_cluster(onnx_dir, args.workers.split(","), args.target, args.deadline_ms):
+        models = default_repository_spec(onnx_dir).models
+        for path in write_cluster(models, args.workers.split(","), args.target):
             print(f"wrote {path}")
 
 

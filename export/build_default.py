@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from coded_serving.codes import CodeSpec, make_code
-from coded_serving.data import load_fashion_mnist
-from coded_serving.default_repository import DEPLOYED_ONNX, PARITY_ONNX, default_repository_spec
-from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
-from coded_serving.onnx_export import export_onnx
-from coded_serving.repository import write_repository
-from coded_serving.training import accuracy, evaluate_degraded, predict_logits, train_classifier, train_parity_model
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.deployment.builder import DEFAULT_DEPLOYED_ONNX as DEPLOYED_ONNX, DEFAULT_PARITY_ONNX as PARITY_ONNX, default_repository_spec
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
+from coded_serving.training.onnx_export import export_onnx
+from coded_serving.deployment.config_writer import write_repository
+from coded_serving.training.parm import accuracy, evaluate_degraded, predict_logits, train_classifier, train_parity_model
 
 ARCH = "lenet5"
 ONNX_CHECK_SIZE = 64

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from coded_serving.codes import CodeSpec
-from coded_serving.data import load_fashion_mnist
-from coded_serving.exporting import export_deployment, load_deployed, user_dataset
-from coded_serving.launcher import PROJECT_ROOT
-from coded_serving.nets import ARCHITECTURES
-from coded_serving.onnx_export import export_onnx
-from coded_serving.repository import write_repository
-from coded_serving.training import train_classifier
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.training.pipeline import export_deployment, load_deployed, user_dataset
+from coded_serving.deployment.launcher import PROJECT_ROOT
+from coded_serving.training.nets import ARCHITECTURES
+from coded_serving.training.onnx_export import export_onnx
+from coded_serving.deployment.config_writer import write_repository
+from coded_serving.training.parm import train_classifier
 
 
 def code_spec(args: argparse.Namespace) -> CodeSpec:

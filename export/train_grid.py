@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from coded_serving.accuracy import DEFAULT_ADOPT, DEFAULT_OUT, AccuracyGrid, BenchmarkPaths, train_grid
-from coded_serving.data import load_fashion_mnist
-from coded_serving.exporting import TrainingPlan
+from coded_serving.benchmarks.accuracy import DEFAULT_ADOPT, DEFAULT_OUT, AccuracyGrid, BenchmarkPaths, train_grid
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.training.pipeline import TrainingPlan
 
 
 def main() -> None:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from coded_serving.data import load_fashion_mnist
-from coded_serving.invnet_nets import LIPSCHITZ_COEFF, Backup, SymmetricGenerator
-from coded_serving.invnet_training import (
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.training.invnet_nets import LIPSCHITZ_COEFF, Backup, SymmetricGenerator
+from coded_serving.training.invnet import (
     evaluate_backup, export_invnet, train_generator, train_invertible_classifier,
 )
-from coded_serving.launcher import PROJECT_ROOT
-from coded_serving.report_sections import machine_description
-from coded_serving.training import accuracy, predict_logits
+from coded_serving.deployment.launcher import PROJECT_ROOT
+from coded_serving.benchmarks.report_sections import machine_description
+from coded_serving.training.parm import accuracy, predict_logits
 
 
 def main() -> None:

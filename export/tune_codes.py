@@ -13,8 +13,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from coded_serving.accuracy import DEFAULT_OUT, AccuracyGrid, BenchmarkPaths, tune_grid
-from coded_serving.data import load_fashion_mnist
+from coded_serving.benchmarks.accuracy import DEFAULT_OUT, AccuracyGrid, BenchmarkPaths, tune_grid
+from coded_serving.training.data import load_fashion_mnist
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from coded_serving.launcher import PROJECT_ROOT
-from coded_serving.tail_benchmark import BenchmarkSettings, run_benchmark
+from coded_serving.deployment.launcher import PROJECT_ROOT
+from coded_serving.benchmarks.tail import BenchmarkSettings, run_benchmark
 
 QUICK = dict(duration_s=8.0, short_duration_s=6.0, saturation_duration_s=4.0, failure_at_s=3.0, batches=())
 

@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from coded_serving.data import load_fashion_mnist
-from coded_serving.default_repository import onnx_files_of_default_repository
-from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
-from coded_serving.overhead import measure, overhead_repository, report
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.deployment.builder import onnx_files_of_default_repository
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
+from coded_serving.benchmarks.overhead import measure, overhead_repository, report
 
 
 def main(argv: list[str] | None = None) -> int:

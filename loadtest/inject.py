@@ -22,8 +22,8 @@ import time
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-from coded_serving.faults import TAILS, FaultInjection
-from coded_serving.loadtest import Contention, CpuContention, server_pid, stub_process, with_faults
+from coded_serving.runtime.faults import TAILS, FaultInjection
+from coded_serving.benchmarks.load import Contention, CpuContention, server_pid, stub_process, with_faults
 
 
 def main(argv: list[str] | None = None) -> int:

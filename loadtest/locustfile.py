@@ -7,6 +7,6 @@
 ``--hedge-ms`` for hedged requests. The user logic lives in ``coded_serving.locust_users``.
 """
 
-from coded_serving.locust_users import TritonUser
+from coded_serving.benchmarks.locust_users import TritonUser
 
 __all__ = ["TritonUser"]

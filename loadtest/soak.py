@@ -11,10 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from coded_serving.data import load_fashion_mnist
-from coded_serving.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
-from coded_serving.report_sections import machine_description
-from coded_serving.soak import run_soak
+from coded_serving.training.data import load_fashion_mnist
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
+from coded_serving.benchmarks.report_sections import machine_description
+from coded_serving.benchmarks.soak import run_soak
 
 MEMBERS = ["lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0"]
 

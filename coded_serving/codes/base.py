@@ -27,6 +27,14 @@ class Code(ABC):
     systematic: bool
     #: coded workers run a learned parity model (ParM), not the deployed model itself
     learned_parity: bool = False
+    #: a scheduler may encode natively instead of calling the encoder model: "sum" (the coded query is
+    #: the sum of the group's k queries) or "stack" (it is the k queries one after another); None: no
+    native_encoder: str | None = None
+    #: the single missing data output is ``weight * coded output - sum of the other data outputs``;
+    #: a scheduler may decode so natively; None: only the decoder model decodes
+    subtraction_weight: float | None = None
+    #: answers need ``postprocess`` (so every answer passes through the decoder model)
+    postprocesses: bool = False
 
     @property
     def num_coded(self) -> int:
@@ -38,8 +46,13 @@ class Code(ABC):
     @abstractmethod
     def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray: ...
 
+    @property
     @abstractmethod
-    def decodable(self, available: np.ndarray) -> bool: ...
+    def min_available(self) -> int:
+        """How many workers of a group must answer for ``decode`` to run."""
+
+    def decodable(self, available: np.ndarray) -> bool:
+        return int(np.sum(available)) >= self.min_available
 
     def coded_query_shape(self, query_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one coded worker's query, given one original query's."""

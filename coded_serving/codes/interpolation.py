@@ -178,8 +178,7 @@ class _CurveCode(Code):
     @abstractmethod
     def _decoding_matrix(self, nodes: np.ndarray, targets: np.ndarray) -> np.ndarray: ...
 
-    def decodable(self, available: np.ndarray) -> bool:
-        return bool(np.any(available))
+    min_available = 1
 
     def decoder_matrix(self, available: np.ndarray) -> np.ndarray:
         """[k, |available|]: estimates = matrix @ the available workers' results, in worker order.

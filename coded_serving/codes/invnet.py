@@ -63,6 +63,8 @@ class CodedInvNet(Code):
     systematic = True
     learned_parity = True
     uses_files = True
+    native_encoder = "stack"
+    postprocesses = True
 
     def __init__(self, k: int, head_file: str = "head.npz", resource_dir: Path | str | None = None):
         if k < 2:
@@ -80,12 +82,17 @@ class CodedInvNet(Code):
     def coded_query_shape(self, query_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.k, *query_shape)
 
-    def decodable(self, available: np.ndarray) -> bool:
-        return int(np.sum(available)) >= self.k
+    @property
+    def min_available(self) -> int:
+        return self.k
+
+    @property
+    def subtraction_weight(self) -> float:
+        return float(self.k)
 
     def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
         results, available = self._check_results(results, available)
-        return subtraction_decode(results, available, self.k, parity_weight=self.k)
+        return subtraction_decode(results, available, self.k, parity_weight=self.subtraction_weight)
 
     @property
     def head(self) -> MLPHead:

@@ -23,12 +23,15 @@ class _ParM(Code):
         self.k = k
         self.num_workers = k + 1
 
-    def decodable(self, available: np.ndarray) -> bool:
-        return int(np.sum(available)) >= self.k
+    subtraction_weight = 1.0
+
+    @property
+    def min_available(self) -> int:
+        return self.k
 
     def decode(self, results: np.ndarray, available: np.ndarray) -> np.ndarray:
         results, available = self._check_results(results, available)
-        return subtraction_decode(results, available, self.k, parity_weight=1.0)
+        return subtraction_decode(results, available, self.k, parity_weight=self.subtraction_weight)
 
 
 def subtraction_decode(results: np.ndarray, available: np.ndarray, k: int, parity_weight: float) -> np.ndarray:
@@ -47,6 +50,8 @@ def subtraction_decode(results: np.ndarray, available: np.ndarray, k: int, parit
 
 class ParMAddition(_ParM):
     """Addition encoder: the parity query is the element-wise sum of the k queries."""
+
+    native_encoder = "sum"
 
     def encode(self, queries: np.ndarray) -> np.ndarray:
         return self._check_queries(queries).sum(axis=1, keepdims=True)

@@ -1,16 +1,18 @@
 """Standalone decoder: ``results`` [num_workers, *out] and ``available`` [num_workers] per item
--> ``estimates`` [k, *out]."""
+-> ``estimates`` [k, *answer] (decoded, then the code's postprocess: Coded-InvNet's head)."""
 
 import json
+import os
 
 import triton_python_backend_utils as pb_utils
 
-from coded_serving.codec_models import decode_batch, parse_code
+from coded_serving.runtime.codec import decode_batch, parse_code
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.code = parse_code(json.loads(args["model_config"]))
+        resources = os.path.join(args["model_repository"], args["model_version"])
+        self.code = parse_code(json.loads(args["model_config"]), resources)
 
     def execute(self, requests):
         responses = []

@@ -4,7 +4,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from coded_serving.codec_models import encode_batch, parse_code
+from coded_serving.runtime.codec import encode_batch, parse_code
 
 
 class TritonPythonModel:

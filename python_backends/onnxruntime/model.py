@@ -2,7 +2,7 @@
 
 The tritonserver in the nvidia-pytriton wheel has no ONNX Runtime backend; this one makes
 ``backend: "onnxruntime"`` work there, so the same repository runs on the NGC image's native
-backend. It also honours the project's fault-injection parameters (coded_serving.faults).
+backend. It also honours the project's fault-injection parameters (coded_serving.runtime.faults).
 """
 
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime
 import triton_python_backend_utils as pb_utils
 
-from coded_serving.faults import FaultInjection, FaultInjector
+from coded_serving.runtime.faults import FaultInjection, FaultInjector
 
 
 class TritonPythonModel:

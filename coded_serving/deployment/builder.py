@@ -1,0 +1,148 @@
+"""The one builder of coded ensembles, for any deployed model: tensor names, dtypes and shapes
+are read from the ONNX files, so nothing here knows an image size or imports torch.
+
+``deployment(name, code, deployed.onnx, [coded.onnx])`` gives the deployed model served directly as
+``name`` and its coded ensemble ``<name>_<family>`` (``lenet5_parm``, ``resnet_berrut``...). The
+shipped default, the multi-server cluster and Coded-InvNet are built from the same pieces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from coded_serving.codes import CodeSpec, make_code
+from coded_serving.deployment.config_writer import write_repository
+from coded_serving.specs import CodedEnsembleSpec, ModelSpec, OnnxModelSpec, RemoteModelSpec, RepositorySpec, TensorSpec
+
+DEFAULT_DEADLINE_MS = 10.0
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.DOUBLE: "FP64",
+    onnx.TensorProto.INT8: "INT8", onnx.TensorProto.INT16: "INT16", onnx.TensorProto.INT32: "INT32",
+    onnx.TensorProto.INT64: "INT64", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.BOOL: "BOOL",
+}
+#: the shipped default: LeNet-5 on Fashion-MNIST and its ParM parity model (k=2), files in one folder
+DEFAULT_DEPLOYED_ONNX = "lenet5.onnx"
+DEFAULT_PARITY_ONNX = "lenet5_parity_parm-addition_k2.onnx"
+
+
+def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
+    """The one input and first output of an ONNX file, without the batch axis (which must be dynamic)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
+    if len(inputs) != 1:
+        raise ValueError(f"{path}: a coded ensemble serves models with one input, found {[i.name for i in inputs]}")
+
+    def spec(value) -> TensorSpec:
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in ONNX_DTYPES:
+            raise ValueError(f"{path}: tensor {value.name!r} has ONNX type {tensor.elem_type}, which Triton's "
+                             f"{sorted(ONNX_DTYPES.values())} do not cover")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+        if not dims or dims[0] > 1:
+            raise ValueError(f"{path}: tensor {value.name!r} has shape {dims}; its first axis must be the batch")
+        return TensorSpec(value.name, ONNX_DTYPES[tensor.elem_type], tuple(dims[1:]))
+
+    return spec(inputs[0]), spec(graph.output[0])
+
+
+def onnx_model(name: str, onnx_file: Path, accelerator: str | None = None, instances: int = 1) -> OnnxModelSpec:
+    query, output = onnx_tensors(onnx_file)
+    return OnnxModelSpec(name, Path(onnx_file), (query,), (output,), instances=instances, accelerator=accelerator)
+
+
+def coded_ensemble(
+    name: str, code: CodeSpec, deployed_onnx: Path, coded_onnx: Path | None = None, *,
+    answer: TensorSpec | None = None, files: tuple[Path, ...] = (), deadline_ms: float = DEFAULT_DEADLINE_MS,
+    accelerator: str | None = None,
+) -> tuple[ModelSpec, ...]:
+    """A coded ensemble with its own members, encoder and decoder.
+
+    Data members ``<name>_member_<i>`` run the deployed model on the original queries; coded
+    members ``<name>_coded_<j>`` run ``coded_onnx`` (a ParM parity model, a Coded-InvNet backup) or,
+    for codes that need no training, the deployed model, on coded queries. ``answer`` is what clients
+    receive when it is not the members' output (Coded-InvNet: logits from features, by the decoder).
+    """
+    built = make_code(code)
+    if built.learned_parity != (coded_onnx is not None):
+        raise ValueError(f"{code.kind} {'needs' if built.learned_parity else 'takes no'} parity model")
+    data_members = [onnx_model(f"{name}_member_{i}", deployed_onnx, accelerator)
+                    for i in range(built.k if built.systematic else 0)]
+    coded_members = [onnx_model(f"{name}_coded_{j}", coded_onnx or deployed_onnx, accelerator)
+                     for j in range(built.num_coded)]
+    members = (*data_members, *coded_members)
+    query, member_output = onnx_tensors(deployed_onnx)
+    ensemble = CodedEnsembleSpec(
+        name, code, tuple(m.name for m in members), query, answer or member_output, deadline_ms=deadline_ms,
+        member_output=member_output if answer else None, files=tuple(files),
+    )
+    return (*members, ensemble, *ensemble.codec_models())
+
+
+def deployment(
+    name: str, code: CodeSpec, deployed_onnx: Path, parity_onnx: Path | None = None, *,
+    deadline_ms: float = DEFAULT_DEADLINE_MS, accelerator: str | None = None,
+) -> RepositorySpec:
+    """The deployed model served directly as ``name`` and its coded ensemble ``<name>_<family>``;
+    clients query both with the deployed model's tensor names."""
+    family = code.kind.split("-")[0]
+    return RepositorySpec((
+        onnx_model(name, deployed_onnx, accelerator),
+        *coded_ensemble(f"{name}_{family}", code, deployed_onnx, parity_onnx, deadline_ms=deadline_ms,
+                        accelerator=accelerator),
+    ))
+
+
+def default_repository_spec(onnx_dir: Path, accelerator: str | None = None) -> RepositorySpec:
+    """LeNet-5 on Fashion-MNIST behind a ParM coded ensemble (addition encoder, k=2): ``lenet5_parm``."""
+    onnx_dir = Path(onnx_dir)
+    return deployment("lenet5", CodeSpec("parm-addition", 2), onnx_dir / DEFAULT_DEPLOYED_ONNX,
+                      onnx_dir / DEFAULT_PARITY_ONNX, accelerator=accelerator)
+
+
+def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
+    """The ONNX files a default repository was written from, for building other repositories."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / DEFAULT_DEPLOYED_ONNX).write_bytes((repository / "lenet5" / "1" / "model.onnx").read_bytes())
+    (target / DEFAULT_PARITY_ONNX).write_bytes((repository / "lenet5_parm_coded_0" / "1" / "model.onnx").read_bytes())
+    return target
+
+
+def with_remote_members(models: tuple[ModelSpec, ...], worker_urls: list[str]) -> RepositorySpec:
+    """A frontend: the coded ensemble of ``models`` with member i served by the Triton server at
+    ``worker_urls[i]`` (host:port of its gRPC endpoint), under the same model name, through local
+    proxies. Every worker serves ``worker_repository(models)``."""
+    (ensemble,) = [m for m in models if isinstance(m, CodedEnsembleSpec)]
+    if len(worker_urls) != len(ensemble.members):
+        raise ValueError(f"{ensemble.name} has {len(ensemble.members)} members, got {len(worker_urls)} worker urls")
+    local = {m.name: m for m in models if isinstance(m, OnnxModelSpec)}
+    served = {m: _worker_model_name(local[m]) for m in ensemble.members}
+    proxies = tuple(
+        RemoteModelSpec(f"{member}_remote", url, served[member], local[member].inputs, local[member].outputs,
+                        timeout_ms=ensemble.timeout_ms)
+        for member, url in zip(ensemble.members, worker_urls)
+    )
+    frontend = replace(ensemble, members=tuple(p.name for p in proxies))
+    return RepositorySpec((*proxies, frontend, *frontend.codec_models()))
+
+
+def worker_repository(models: tuple[ModelSpec, ...]) -> RepositorySpec:
+    """What every worker of a cluster serves: each distinct ONNX file of the members, once."""
+    distinct = {}
+    for model in models:
+        if isinstance(model, OnnxModelSpec):
+            distinct.setdefault(_worker_model_name(model), replace(model, name=_worker_model_name(model)))
+    return RepositorySpec(tuple(distinct.values()))
+
+
+def write_cluster(models: tuple[ModelSpec, ...], worker_urls: list[str], target: Path) -> tuple[Path, Path]:
+    """Write ``target/frontend`` (the coded ensemble, its members on ``worker_urls``) and ``target/worker``."""
+    target = Path(target)
+    return (write_repository(with_remote_members(models, worker_urls), target / "frontend"),
+            write_repository(worker_repository(models), target / "worker"))
+
+
+def _worker_model_name(model: OnnxModelSpec) -> str:
+    return Path(model.onnx_file).stem

@@ -1,0 +1,208 @@
+"""Typed specs of a coded model repository: what each model is, never how Triton spells it.
+
+``coded_serving.deployment.config_writer`` turns them into config.pbtxt files; nothing here needs
+protobuf, so the runtime and the client can read a constant without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from coded_serving.codes import CodeSpec, make_code
+
+#: Triton's data types a spec may name (config.pbtxt spells them TYPE_<name>)
+DTYPES = ("FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "BOOL")
+RECONSTRUCTED = "reconstructed"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}; known: {sorted(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class OnnxModelSpec:
+    """A model served from an ONNX file: a deployed model, a member, a parity model.
+
+    ``accelerator="tensorrt"`` asks the ONNX Runtime backend for its TensorRT execution
+    provider (GPU only; the CPU backend of this project ignores it). ``parameters`` go to the
+    backend as they are (e.g. the project's fault injection, coded_serving.runtime.faults).
+    """
+
+    name: str
+    onnx_file: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 64
+    instances: int = 1
+    accelerator: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in (None, "tensorrt"):
+            raise ValueError(f"model {self.name!r}: unknown accelerator {self.accelerator!r}")
+
+
+@dataclass(frozen=True)
+class CodedEnsembleSpec:
+    """The coordinator: groups queries, fans out to ``members``, races originals against decodes.
+
+    ``members`` are in worker order: with a systematic code, worker ``i < k`` gets query ``i``
+    unchanged. ``deadline_ms`` is how long a member's answer is awaited before it counts as
+    missing (0 = a pure race, as in ParM); ``timeout_ms`` bounds a request that cannot be
+    decoded. ``group_wait_us`` is the dynamic batcher's delay for filling coding groups.
+    ``codec="native"`` encodes and decodes inside the scheduler where the code allows it (ParM's
+    sum and subtraction, Coded-InvNet's stacking) and calls the encoder/decoder models otherwise;
+    ``codec="models"`` always calls the models. Members are local models; a ``RemoteModelSpec``
+    proxy stands for a model on another Triton server.
+    ``max_queue_size`` bounds the queries the ensemble holds: past it, new requests are
+    rejected at once with an error instead of letting latency grow without bound.
+    A member with ``suspend_after_misses`` consecutive errors or late answers is not called
+    (its queries are decoded) except for a probe every ``probe_interval_ms``; 0 turns it off.
+    ``member_output`` is what members return when it is not the answer itself (Coded-InvNet's
+    features, turned into ``output`` by the decoder model); ``files`` are copied next to the
+    decoder's config for the code to read (e.g. a head's weights).
+    """
+
+    name: str
+    code: CodeSpec
+    members: tuple[str, ...]
+    input: TensorSpec
+    output: TensorSpec
+    deadline_ms: float = 20.0
+    timeout_ms: float = 5000.0
+    max_batch_size: int = 64
+    group_wait_us: int = 0
+    instances: int = 1
+    codec: str = "native"
+    member_output: TensorSpec | None = None
+    files: tuple[Path, ...] = ()
+    max_queue_size: int = 256
+    suspend_after_misses: int = 3
+    probe_interval_ms: float = 1000.0
+
+    def __post_init__(self) -> None:
+        code = make_code(self.code)
+        if len(self.members) != code.num_workers:
+            raise ValueError(
+                f"ensemble {self.name!r}: code {self.code.kind} k={self.code.k} needs {code.num_workers} members, "
+                f"got {len(self.members)}"
+            )
+        if self.codec not in ("native", "models"):
+            raise ValueError(f"ensemble {self.name!r}: codec must be 'native' or 'models', got {self.codec!r}")
+
+    @property
+    def worker_output(self) -> TensorSpec:
+        return self.member_output or self.output
+
+    @property
+    def encoder_model(self) -> str:
+        return f"{self.name}_encoder"
+
+    @property
+    def decoder_model(self) -> str:
+        return f"{self.name}_decoder"
+
+    def codec_models(self) -> tuple["CodecModelSpec", "CodecModelSpec"]:
+        """The standalone encoder and decoder of this ensemble's code."""
+        return (
+            CodecModelSpec(self.encoder_model, "encoder", self.code, self.input, self.worker_output),
+            CodecModelSpec(self.decoder_model, "decoder", self.code, self.input, self.worker_output,
+                           answer=self.output, files=self.files),
+        )
+
+
+@dataclass(frozen=True)
+class CodecModelSpec:
+    """A standalone encoder or decoder: one item of its batch is one coding group.
+
+    encoder: ``queries`` [k, *query_dims] -> ``coded_queries`` [num_coded, *coded_query_dims]
+    decoder: ``results`` [num_workers, *output_dims], ``available`` BOOL [num_workers]
+             -> ``estimates`` [k, *answer_dims] (the code's postprocess applied, e.g. a head)
+    """
+
+    name: str
+    role: str
+    code: CodeSpec
+    query: TensorSpec
+    member_output: TensorSpec
+    answer: TensorSpec | None = None
+    files: tuple[Path, ...] = ()
+    max_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.role not in ("encoder", "decoder"):
+            raise ValueError(f"codec model {self.name!r}: role must be 'encoder' or 'decoder', got {self.role!r}")
+
+    def tensors(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        code = make_code(self.code)
+        if self.role == "encoder":
+            coded_dims = code.coded_query_shape(self.query.dims)
+            return ((TensorSpec("queries", self.query.dtype, (code.k, *self.query.dims)),),
+                    (TensorSpec("coded_queries", self.query.dtype, (code.num_coded, *coded_dims)),))
+        answer = self.answer or self.member_output
+        return ((TensorSpec("results", self.member_output.dtype, (code.num_workers, *self.member_output.dims)),
+                 TensorSpec("available", "BOOL", (code.num_workers,))),
+                (TensorSpec("estimates", answer.dtype, (code.k, *answer.dims)),))
+
+
+@dataclass(frozen=True)
+class ForwardModelSpec:
+    """A model that forwards each request to ``target`` over BLS, doing nothing else: the
+    floor cost of any coordinator written as a Triton Python model (overhead benchmark)."""
+
+    name: str
+    target: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class RemoteModelSpec:
+    """A local stand-in for ``model`` on another Triton server, reached over gRPC at ``url``
+    (host:port): a coded ensemble's member may live elsewhere while the scheduler calls only
+    local models. An unreachable server or a remote error is that member's error."""
+
+    name: str
+    url: str
+    model: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    timeout_ms: float = 5000.0
+    max_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        host, _, port = self.url.rpartition(":")
+        if not host or not port.isdigit() or not self.model or "/" in self.model:
+            raise ValueError(f"remote model {self.name!r}: url must be host:port and model a name, "
+                             f"got {self.url!r} and {self.model!r}")
+
+
+ModelSpec = Union[OnnxModelSpec, CodedEnsembleSpec, CodecModelSpec, ForwardModelSpec, RemoteModelSpec]
+
+
+@dataclass(frozen=True)
+class RepositorySpec:
+    models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [model.name for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model names used twice: {duplicates}")
+        for model in self.models:
+            if isinstance(model, CodedEnsembleSpec):
+                missing = sorted(set(model.members) - set(names))
+                if missing:
+                    raise ValueError(f"ensemble {model.name!r} names members that are not in the repository: {missing}")
+            if isinstance(model, ForwardModelSpec) and model.target not in names:
+                raise ValueError(f"model {model.name!r} forwards to {model.target!r}, which is not in the repository")

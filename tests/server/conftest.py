@@ -1,0 +1,74 @@
+"""A real tritonserver (the nvidia-pytriton wheel's) on loopback, shared by the serving tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tritonclient.http as http
+from google.protobuf import json_format
+
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer, free_port
+from coded_serving.deployment.config_writer import read_config
+
+
+def start_server(repository: Path, log_path: Path) -> TritonServer:
+    config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    return TritonServer(config, log_path).start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    triton = start_server(DEFAULT_REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log")
+    yield triton
+    triton.stop()
+
+
+@pytest.fixture
+def admin(server):
+    """An HTTP client for model control; every model is back as shipped after the test."""
+    client = http.InferenceServerClient(server.config.http_url)
+    client.overridden = set()
+    yield client
+    for model in client.get_model_repository_index():
+        if model["name"] in client.overridden:  # an unchanged repository would not be re-read
+            load_with_config(client, model["name"], shipped_config(model["name"]))
+        elif model.get("state") != "READY":
+            client.load_model(model["name"])
+    client.close()
+
+
+@pytest.fixture
+def override_parameters(admin):
+    """Reload a model with some config parameters changed, for one test."""
+    def override(model: str, parameters: dict[str, str]) -> None:
+        config = shipped_config(model)
+        for key, value in parameters.items():
+            config.parameters[key].string_value = value
+        admin.overridden.add(model)
+        load_with_config(admin, model, config)
+    return override
+
+
+@pytest.fixture
+def inject_faults(override_parameters):
+    """Reload a member with fault-injection parameters."""
+    return lambda model, faults: override_parameters(model, faults.to_parameters())
+
+
+@pytest.fixture
+def patient_ensemble(override_parameters):
+    """The shipped ensemble with a deadline no loaded test machine misses, for exactness checks."""
+    override_parameters("lenet5_parm", {"deadline_ms": "5000"})
+
+
+def shipped_config(model: str):
+    return read_config(DEFAULT_REPOSITORY / model / "config.pbtxt")
+
+
+def load_with_config(client: http.InferenceServerClient, model: str, config) -> None:
+    """Unload first: reloading a live Python-backend model in place can crash tritonserver 2.51
+    (a segfault in the Python backend's execute while the old instance is torn down)."""
+    client.unload_model(model)
+    client.load_model(model, config=json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))

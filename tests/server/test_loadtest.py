@@ -1,0 +1,266 @@
+"""Load tests: injected delay distributions, locust runs against the real server, the benchmark's
+scenarios on its own repository (one slow instance, a killed member, contention), and the report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from coded_serving.client import ModelClient
+from coded_serving.runtime.faults import FaultInjection, FaultInjector
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
+from coded_serving.benchmarks.load import (
+    CODED, EQUAL_RESOURCES, NO_REDUNDANCY, BenchmarkServer, Contention, CpuContention, Failure, Samples, Scenario,
+    benchmark_repository_spec, locust_command, run_scenario, summarize,
+)
+from coded_serving.benchmarks.tail import (
+    HEALTHY, SLOW, BenchmarkSettings, RunInfo, benchmark_scenarios, goals, slow_member, write_report,
+)
+
+LOCUSTFILE = PROJECT_ROOT / "loadtest" / "locustfile.py"
+IMAGE = np.zeros((1, 1, 28, 28), np.float32)
+
+
+@pytest.mark.parametrize("faults", [
+    FaultInjection(delay_ms=5, delay_tail_ms=10, delay_probability=0.5, seed=1),
+    FaultInjection(delay_ms=20, delay_tail_ms=40, delay_tail="pareto", delay_tail_alpha=1.5, delay_probability=0.5),
+    FaultInjection(delay_ms=20, delay_tail_ms=40, delay_tail="pareto", delay_tail_alpha=1.5, delay_max_ms=150),
+])
+def test_injected_delays_follow_their_closed_form_quantiles(faults):
+    injector = FaultInjector(faults)
+    draws = np.array([injector.next_delay_s() for _ in range(100_000)]) * 1000
+    delayed = draws[draws > 0]
+    assert len(delayed) / len(draws) == pytest.approx(faults.delay_probability, abs=0.01)
+    for q in (0.1, 0.5, 0.9, 0.99):
+        assert np.quantile(delayed, q) == pytest.approx(faults.delay_quantile_ms(q), rel=0.06)
+    if faults.delay_max_ms:
+        assert delayed.max() == faults.delay_max_ms
+
+
+def test_fault_parameters_round_trip_and_select_instances():
+    faults = FaultInjection(delay_ms=5, delay_tail="pareto", delay_tail_alpha=1.5, delay_max_ms=100, instances=(0, 2),
+                            seed=3)
+    assert FaultInjection.from_parameters(faults.to_parameters()) == faults
+    assert FaultInjection.from_parameters(FaultInjection().to_parameters()) == FaultInjection()
+    assert faults.applies_to("equal_resources_0_2") and not faults.applies_to("equal_resources_0_1")
+    assert FaultInjection().applies_to("lenet5_0_1")
+    served = FaultInjection(service_ms=5, delay_ms=20, instances=(0,))
+    assert served.for_instance("m_0_0") == served and served.for_instance("m_0_1") == FaultInjection(service_ms=5)
+    with pytest.raises(ValueError, match="delay_tail"):
+        FaultInjection(delay_tail="lognormal")
+
+
+def test_service_time_is_waited_on_every_execute_with_any_delay_on_top():
+    injector = FaultInjector(FaultInjection(service_ms=5, delay_ms=20, delay_probability=0.5, seed=2))
+    draws = np.array([injector.next_delay_s() for _ in range(10_000)]) * 1000
+    assert set(np.round(draws, 6)) == {5.0, 25.0}
+    assert FaultInjection.from_parameters(FaultInjection(service_ms=5).to_parameters()).service_ms == 5
+    assert "5 ms of emulated accelerator time" in FaultInjection(service_ms=5).describe()
+
+
+def test_benchmark_repository_with_service_time_gives_it_to_every_model_instance():
+    spec = benchmark_repository_spec(DEFAULT_REPOSITORY / "lenet5/1/model.onnx",
+                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5,
+                                     coordinator_instances=4)
+    served = {m.name: FaultInjection.from_parameters(
+        {k: v.string_value for k, v in m.config().parameters.items()}).service_ms for m in spec.models}
+    assert served == {NO_REDUNDANCY: 5, EQUAL_RESOURCES: 5, f"{CODED}_member_0": 5, f"{CODED}_member_1": 5,
+                      f"{CODED}_coded_0": 5, CODED: 0, f"{CODED}_encoder": 0, f"{CODED}_decoder": 0}
+    assert next(m for m in spec.models if m.name == CODED).instances == 4
+    scenarios = benchmark_scenarios(BenchmarkSettings(service_ms=5))
+    slow = [faults for s in scenarios if s.condition == SLOW for _, faults in s.faults]
+    assert slow and all(faults.service_ms == 5 for faults in slow)  # the straggler comes on top
+
+
+def read_locust_totals(path) -> dict[str, str]:
+    with open(path, newline="") as stream:
+        return next(row for row in csv.DictReader(stream) if row["Name"] == "Aggregated")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_headless_locust_run_records_requests_and_no_failure(server, tmp_path, protocol):
+    scenario = Scenario("coded", "smoke", "lenet5_parm", rate_rps=40, duration_s=4, batch=2, users=8, protocol=protocol)
+    url = server.config.http_url if protocol == "http" else server.config.grpc_url
+    started = time.monotonic()
+    run = subprocess.run(locust_command(LOCUSTFILE, scenario, url, tmp_path), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert time.monotonic() - started < 30  # stopped by itself
+    samples = Samples.from_csv(tmp_path / f"{scenario.slug}_samples.csv")
+    assert len(samples.latency_ms) > 20 and samples.ok.all()
+    assert (samples.queries == 2).all() and (samples.latency_ms > 0).all() and (samples.send_lag_ms > -1).all()
+    totals = read_locust_totals(tmp_path / f"{scenario.slug}_stats.csv")
+    # locust's statistics close before the answers of its stop phase arrive; the samples have them all
+    assert 0 < int(totals["Request Count"]) <= len(samples.latency_ms) and int(totals["Failure Count"]) == 0
+    assert (tmp_path / f"{scenario.slug}.html").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    spec = benchmark_repository_spec(DEFAULT_REPOSITORY / "lenet5/1/model.onnx",
+                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", deadline_ms=10)
+    with BenchmarkServer(spec, tmp_path_factory.mktemp("bench")) as served:
+        yield served
+
+
+def test_benchmark_repository_gives_every_system_its_resources(bench):
+    instances = {name: model.config().instance_group[0].count for name, model in bench.models.items()}
+    assert instances[NO_REDUNDANCY] == 2 and instances[EQUAL_RESOURCES] == 3
+    assert [instances[f"{CODED}_{member}"] for member in ("member_0", "member_1", "coded_0")] == [1, 1, 1]
+    for model in (NO_REDUNDANCY, EQUAL_RESOURCES, CODED):
+        with ModelClient(bench.url("http"), model) as client:
+            assert client.infer(IMAGE).outputs.shape == (1, 10)
+
+
+def test_service_time_slows_every_instance_and_the_straggler_only_its_own(bench):
+    bench.load(EQUAL_RESOURCES, FaultInjection(service_ms=30, delay_ms=300, instances=(1,)))
+    try:
+        with ModelClient(bench.url("http"), EQUAL_RESOURCES) as client:
+            latencies = np.array([client.infer(IMAGE).latency_ms for _ in range(12)])
+    finally:
+        bench.reset()
+    assert latencies.min() >= 30
+    assert 0 < (latencies >= 330).sum() < 12  # one instance of three straggles
+
+
+def inject(bench, *args: str) -> None:
+    command = [sys.executable, str(PROJECT_ROOT / "loadtest" / "inject.py"), "--url", bench.url("http"), *args]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def test_injection_by_hand_slows_one_instance_kills_and_resets(bench):
+    inject(bench, "faults", EQUAL_RESOURCES, "--delay-ms", "150", "--instances", "1")
+    with ModelClient(bench.url("http"), EQUAL_RESOURCES) as client:
+        slow = sum(client.infer(IMAGE).latency_ms >= 150 for _ in range(12))
+        assert 0 < slow < 12  # Triton spreads sequential requests over the instances; one of them is slow
+        inject(bench, "reset", EQUAL_RESOURCES)
+        assert max(client.infer(IMAGE).latency_ms for _ in range(12)) < 150
+    member = f"{CODED}_member_0"
+    inject(bench, "kill", member)
+    with ModelClient(bench.url("http"), member) as client:
+        with pytest.raises(InferenceServerException, match="not healthy"):
+            client.infer(IMAGE)
+        inject(bench, "reset", member)
+        assert client.infer(IMAGE).outputs.shape == (1, 10)
+
+
+def test_slow_member_is_answered_by_reconstruction_under_load(bench, tmp_path):
+    model, faults = slow_member(CODED, FaultInjection(delay_ms=200))
+    # batch 2: each request fills a coding group (a lone query would be padded and answered by member 1 too)
+    scenario = Scenario(CODED, SLOW, CODED, rate_rps=40, duration_s=5, batch=2, users=8, faults=((model, faults),),
+                        warmup_s=1)
+    result = run_scenario(bench, scenario, LOCUSTFILE, tmp_path)
+    assert result.errors == 0 and result.requests > 50
+    assert 0.3 < result.reconstructed_fraction < 0.7  # slot 0 of every group
+    assert result.median_ms < 100  # the deadline (10 ms), not the member's 200 ms
+
+
+def test_killed_member_loses_no_request_and_is_restored(bench, tmp_path):
+    scenario = Scenario(CODED, "killed", CODED, rate_rps=30, duration_s=5, batch=2, users=8, warmup_s=0,
+                        failure=Failure("kill", f"{CODED}_member_0", at_s=3))
+    result = run_scenario(bench, scenario, LOCUSTFILE, tmp_path)
+    assert result.errors == 0 and result.requests > 50 and result.reconstructed_fraction > 0
+    bench.reset()
+    with ModelClient(bench.url("http"), f"{CODED}_member_0") as client:
+        assert client.infer(IMAGE).outputs.shape == (1, 10)
+
+
+def test_contention_pins_the_stub_with_busy_processes_and_restores_it(bench):
+    stub = bench.stub(EQUAL_RESOURCES, 2)
+    before = os.sched_getaffinity(stub.pid)
+    with CpuContention(Contention(EQUAL_RESOURCES, 2, core=0, processes=2), stub) as contention:
+        assert os.sched_getaffinity(stub.pid) == {0}
+        assert len(contention.busy) == 2 and all(p.poll() is None for p in contention.busy)
+    assert os.sched_getaffinity(stub.pid) == before
+    assert all(p.poll() is not None for p in contention.busy)
+
+
+def synthetic_samples(latencies_ms: np.ndarray, errors: int = 0, reconstructed: int = 0) -> Samples:
+    n = len(latencies_ms)
+    return Samples(
+        arrival_s=1000 + np.arange(n) * 0.01, latency_ms=np.asarray(latencies_ms, float), send_lag_ms=np.full(n, 0.2),
+        queries=np.ones(n, int),
+        reconstructed=(np.arange(n) < reconstructed).astype(int), hedged=np.zeros(n, bool),
+        errors=tuple("boom" if i < errors else "" for i in range(n)),
+    )
+
+
+def test_summary_leaves_out_the_warmup_but_counts_every_error():
+    latencies = np.concatenate([np.full(100, 500.0), np.linspace(1, 10, 1000)])  # a slow first second
+    scenario = Scenario(EQUAL_RESOURCES, SLOW, EQUAL_RESOURCES, rate_rps=100, duration_s=11, warmup_s=1)
+    result = summarize(scenario, synthetic_samples(latencies, errors=3), server_cpu_s=2.2, load_average=0.5,
+                       coded=False)
+    window = latencies[100:]
+    assert result.requests == 1100 and result.errors == 3
+    assert result.median_ms == pytest.approx(np.percentile(window, 50))
+    assert result.p999_ms == pytest.approx(np.percentile(window, 99.9)) and result.p999_ms < 10
+    assert result.throughput_rps == pytest.approx(100, rel=0.01)
+    assert result.cpu_ms_per_query == pytest.approx(2.0) and result.reconstructed_fraction is None
+    assert result.worst_second_median_ms == pytest.approx(np.median(latencies[1000:]), rel=0.01)
+    assert result.send_lag_p99_ms == pytest.approx(0.2)
+
+
+def result_for(system: str, condition: str, latencies: np.ndarray, errors: int = 0):
+    scenario = Scenario(system, condition, system, rate_rps=100, duration_s=30, warmup_s=0)
+    return summarize(scenario, synthetic_samples(latencies, errors, reconstructed=10), 1.0, 0.1, coded=system == CODED)
+
+
+def test_goals_compare_coded_with_equal_resources_in_the_same_run():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.8, 2.2, 5000)
+    er = base.copy()
+    er[::200] = 100.0  # 0.5% of requests hit the slow instance
+    coded = base + 0.1
+    coded[::200] = 15.0  # reconstructed after the deadline
+    results = [result_for(EQUAL_RESOURCES, SLOW, er), result_for(CODED, SLOW, coded),
+               result_for(CODED, HEALTHY, base + 0.1)]
+    verdict = {goal.name.split(",")[0]: goal.met for goal in goals(results)}
+    assert verdict == {
+        "coded p99.9 / Equal-Resources p99.9": True,
+        "(p99.9 - median) gap reduction vs Equal-Resources": True,
+        "coded median vs Equal-Resources median": True,
+        "coded ensemble: requests without an answer": True,
+    }
+    results[2] = result_for(CODED, HEALTHY, base, errors=1)
+    coded[::200] = 60.0
+    results[1] = result_for(CODED, SLOW, coded)
+    assert [goal.met for goal in goals(results)] == [False, False, True, False]
+
+
+def test_report_has_the_tables_and_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    results = [result_for(system, condition, rng.lognormal(0.7, 0.3, 2000))
+               for condition in (HEALTHY, SLOW) for system in (NO_REDUNDANCY, EQUAL_RESOURCES, CODED)]
+    info = RunInfo("python loadtest/benchmark.py", "2026-01-01 00:00 UTC", 8.0, "test machine", "tritonserver 2.51",
+                   "abc123", (0.5, 0.4, 0.3))
+    report = tmp_path / "tail_latency.md"
+    write_report(report, info, BenchmarkSettings(), results, tmp_path / "runs")
+    text = report.read_text()
+    assert text.startswith("# Tail latency") and "`python loadtest/benchmark.py`" in text and "test machine" in text
+    assert "| one slow member | ParM coded | 1 | 100 | 2000 | 0 |" in text
+    assert "| coded p99.9 / Equal-Resources p99.9, one slow member |" in text
+    for plot in ("tail_latency_cdf.png", "tail_latency_percentiles.png"):
+        assert f"]({plot})" in text
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_scenarios_make_one_member_slow_the_same_way_everywhere():
+    settings = BenchmarkSettings()
+    scenarios = benchmark_scenarios(settings)
+    slow = {s.system: s for s in scenarios if s.condition == SLOW and s.batch == 1}
+    faults = {system: dict(s.faults) for system, s in slow.items()}
+    assert faults[CODED] == {f"{CODED}_member_0": settings.slow}
+    for system in (NO_REDUNDANCY, EQUAL_RESOURCES):
+        (model, injected), = faults[system].items()
+        assert model == system and injected.instances == (0,) and injected.delay_quantile_ms(0.99) == \
+            settings.slow.delay_quantile_ms(0.99)
+    assert slow["hedged"].model == EQUAL_RESOURCES and slow["hedged"].hedge_ms == settings.hedge_ms
+    assert len({s.slug for s in scenarios}) == len(scenarios)
+    assert sum(s.duration_s for s in scenarios) < 8 * 60
