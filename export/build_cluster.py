@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = onnx_files_of_default_repository(DEFAULT_REPOSITORY, Path(tmp))
-        models = default_repository_spec(onnx_dir).models
+        models = default_repository_spec(onnx_dir, deadline_ms=args.deadline_ms).models
         for path in write_cluster(models, args.workers.split(","), args.target):
             print(f"wrote {path}")
 

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "default_models.json")
     parser.add_argument("--epochs", type=int, default=10, help="deployed model epochs")
-    parser.add_argument("--parity-epochs", type=int, default=30, help="parity model epochs (CODES.md: still improving at 20)")
+    parser.add_argument("--parity-epochs", type=int, default=30, help="parity model epochs (docs/codes.md: still improving at 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -28,7 +28,7 @@ CODE_NAMES = {
     ("berrut", True): "Berrut systematic", ("nercc", True): "NeRCC systematic",
 }
 CURVE_COLUMNS = (("berrut", False), ("nercc", False), ("berrut", True), ("nercc", True))
-#: ApproxIFER's Fashion-MNIST figures (CODES.md section 2): K -> (Berrut, their run of ParM); one straggler
+#: ApproxIFER's Fashion-MNIST figures (docs/codes.md section 2): K -> (Berrut, their run of ParM); one straggler
 APPROXIFER = {8: (0.74, 0.671), 10: (0.73, 0.59), 12: (0.72, 0.552)}
 APPROXIFER_BASE_ACCURACY = 0.97
 NERCC_PUBLISHED_GAIN = 0.23
@@ -301,7 +301,7 @@ def tuning_section(inputs: ReportInputs) -> ReportSection:
         "",
         f"Candidates: worker point sets {', '.join(tuning.point_sets)} (coded_serving/codes/interpolation.py describes "
         f"them; ApproxIFER's cos(n pi / N) is `approxifer`, BACC's Chebyshev points of the second kind `chebyshev2`); "
-        f"NeRCC lambda_enc in {list(tuning.lambdas_enc)}, lambda_dec in {list(tuning.lambdas_dec)} (CODES.md's 1/n "
+        f"NeRCC lambda_enc in {list(tuning.lambdas_enc)}, lambda_dec in {list(tuning.lambdas_dec)} (docs/codes.md's 1/n "
         "normalisation). The candidate with the best validation degraded-mode accuracy is served (ties: lower MSE).",
         "",
         "### Berrut (non-systematic), validation degraded-mode accuracy per point set",
@@ -398,7 +398,7 @@ def _large_k_parm(inputs: ReportInputs) -> list[str]:
     beaten = bool(curve) and all(m.degraded_accuracy > APPROXIFER[m.code.k][0] for m in curve)
     return [
         "- ParM at K >= 8 stays below ApproxIFER's run of ParM. One parity model the size of the deployed one must "
-        "turn a single sum of K images into the sum of K logit vectors, and its accuracy falls with k as in CODES.md "
+        "turn a single sum of K images into the sum of K logit vectors, and its accuracy falls with k as in docs/codes.md "
         f"section 5's reference runs (section *ParM*). ApproxIFER's base model reached {APPROXIFER_BASE_ACCURACY:.2f} "
         f"where ours reach {min(base):.3f}-{max(base):.3f}: at K=8 their ParM kept "
         f"{100 * APPROXIFER[8][1] / APPROXIFER_BASE_ACCURACY:.0f}% of it, ours "

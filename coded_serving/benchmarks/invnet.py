@@ -23,7 +23,7 @@ from coded_serving.deployment.config_writer import write_repository
 MAX_BATCH = 64
 #: no healthy member misses this on a loaded machine: only the unloaded member is reconstructed
 MEASURE_DEADLINE_MS = 10000.0
-#: CODES.md section 3: Coded-InvNet's published figure at k = 10 and ParM's in the same setting
+#: docs/codes.md section 3: Coded-InvNet's published figure at k = 10 and ParM's in the same setting
 PUBLISHED = {"coded_invnet_k10": 0.859, "parm_k10": 0.534}
 
 
@@ -152,5 +152,5 @@ def invnet_section(training: dict, served: dict[int, dict]) -> str:
                 for k, g in training["generators"].items() if g["epochs_trained_this_run"] < g["epochs"]]
     if partial:
         lines.append(f"That run resumed from checkpoints and trained only: {', '.join(partial)}.")
-    lines.append("The published figures are the paper's own setting (CODES.md section 3), not a run here.")
+    lines.append("The published figures are the paper's own setting (docs/codes.md section 3), not a run here.")
     return "\n".join(lines) + "\n"

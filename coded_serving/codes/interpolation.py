@@ -3,7 +3,7 @@
 The k queries are read as samples x_i = u(alpha_i) of a curve u at the Chebyshev points of the
 first kind alpha_i = cos((2i+1) pi / (2k)); coded worker n runs the unchanged model on u(z_n); the
 decoder fits a curve through the results that came back and reads it off at the alpha_i
-(CODES.md section 2). Both codes are linear: encoding is a fixed [num_coded, k] matrix and decoding
+(docs/codes.md section 2). Both codes are linear: encoding is a fixed [num_coded, k] matrix and decoding
 a [k, |available|] matrix built, then cached, for each set of workers that answered.
 
 Systematic variant: workers 0..k-1 receive the queries themselves (they sit at alpha_i) and only
@@ -14,7 +14,7 @@ Worker point sets (``worker_points``; M = number of coded workers):
 
 - ``"chebyshev2"``: cos(n pi / (M-1)), endpoints included (BACC). Default of the non-systematic codes,
   as in the papers. With M = k+1 every alpha_i lies midway (in angle) between two workers, the worst
-  place for an interpolant, which is why one straggler costs so much there (CODES.md section 5).
+  place for an interpolant, which is why one straggler costs so much there (docs/codes.md section 5).
 - ``"chebyshev1"``: cos((2n+1) pi / (2M)), interior points; with M = k+1 they never meet an alpha_i,
   the outer alpha_i sit next to a worker and only the middle ones near midway.
 - ``"approxifer"``: cos(n pi / M), the set of ApproxIFER's public code.
@@ -229,7 +229,7 @@ class Berrut(_CurveCode):
 class NeRCC(_CurveCode):
     """NeRCC: natural cubic smoothing splines at both ends (Moradi, Maddah-Ali et al., 2024).
 
-    lambda_enc and lambda_dec weigh curvature against fit with CODES.md's (1/n) normalisation
+    lambda_enc and lambda_dec weigh curvature against fit with docs/codes.md's (1/n) normalisation
     (scipy's make_smoothing_spline lam = n * lambda); they must be tuned per model and (N, k, S).
     lambda = 0 is natural cubic spline interpolation. Decodable from any single worker: one point
     returns that constant, two points the line through them (see ``smoothing_spline_matrix``).

@@ -1,4 +1,4 @@
-"""Coded-InvNet (Dinh and Lee, ICML 2021; CODES.md section 3): decoding in an invertible network's feature space."""
+"""Coded-InvNet (Dinh and Lee, ICML 2021; docs/codes.md section 3): decoding in an invertible network's feature space."""
 
 from __future__ import annotations
 

@@ -95,11 +95,12 @@ def deployment(
     ))
 
 
-def default_repository_spec(onnx_dir: Path, accelerator: str | None = None) -> RepositorySpec:
+def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
+                            deadline_ms: float = DEFAULT_DEADLINE_MS) -> RepositorySpec:
     """LeNet-5 on Fashion-MNIST behind a ParM coded ensemble (addition encoder, k=2): ``lenet5_parm``."""
     onnx_dir = Path(onnx_dir)
     return deployment("lenet5", CodeSpec("parm-addition", 2), onnx_dir / DEFAULT_DEPLOYED_ONNX,
-                      onnx_dir / DEFAULT_PARITY_ONNX, accelerator=accelerator)
+                      onnx_dir / DEFAULT_PARITY_ONNX, deadline_ms=deadline_ms, accelerator=accelerator)
 
 
 def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Training Coded-InvNet (CODES.md section 3): the invertible classifier, the inverse-feature targets,
+"""Training Coded-InvNet (docs/codes.md section 3): the invertible classifier, the inverse-feature targets,
 the backup generator, the offline degraded-mode figures and the export for serving.
 
 Decoding goes through the same ``CodedInvNet.decode`` that serving uses.

@@ -1,4 +1,4 @@
-"""Coded-InvNet's networks (CODES.md section 3): an invertible classifier F = h . f and the backup encoder g.
+"""Coded-InvNet's networks (docs/codes.md section 3): an invertible classifier F = h . f and the backup encoder g.
 
 f is an i-ResNet: invertible squeezes (space-to-depth) and residual blocks x + r(x) whose residual
 r is kept Lipschitz < 1 by spectral normalisation of every convolution, so each block is inverted by

@@ -216,7 +216,7 @@ def train_parity_model(
     weight_decay: float = 1e-5,
     history: list[dict] | None = None,
 ) -> nn.Module:
-    """ParM (CODES.md section 1): F_P(encode(x_1..x_k)) regresses sum_i F(x_i) on raw logits, F frozen.
+    """ParM (docs/codes.md section 1): F_P(encode(x_1..x_k)) regresses sum_i F(x_i) on raw logits, F frozen.
 
     Coding groups are re-drawn every epoch; the kept weights are those of the epoch with the best
     validation degraded-mode accuracy, since the regression loss is only a proxy for it.

@@ -54,7 +54,7 @@ class CurveCase:
 @dataclass(frozen=True)
 class TuningGrid:
     point_sets: tuple[str, ...] = ("approxifer", "chebyshev1", "chebyshev2", "midpoints")
-    # NeRCC's useful lambdas are small: the nodes lie in [-1, 1], about 2/K apart (CODES.md's 1/n scaling)
+    # NeRCC's useful lambdas are small: the nodes lie in [-1, 1], about 2/K apart (docs/codes.md's 1/n scaling)
     lambdas_enc: tuple[float, ...] = (0.0, 3e-6, 1e-5, 3e-5)
     lambdas_dec: tuple[float, ...] = (0.0, 1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4)
     #: straggler subsets per (N, S) for S >= 2; the benchmark must use the same number

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import tritonclient.http as http
 from google.protobuf import json_format
 
-from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer, free_port
+from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
 from coded_serving.deployment.config_writer import read_config
 
 
@@ -72,3 +74,13 @@ def load_with_config(client: http.InferenceServerClient, model: str, config) -> 
     (a segfault in the Python backend's execute while the old instance is torn down)."""
     client.unload_model(model)
     client.load_model(model, config=json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel of this tree, built as pip would for the Docker image."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(PROJECT_ROOT)], check=True, capture_output=True)
+    (built,) = out.glob("coded_serving-*.whl")
+    return built

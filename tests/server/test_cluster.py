@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from coded_serving.client import ModelClient
-from coded_serving.deployment.builder import write_cluster
+from coded_serving.deployment.builder import default_repository_spec, onnx_files_of_default_repository, write_cluster
 from coded_serving.training.data import load_fashion_mnist
-from coded_serving.deployment.builder import onnx_files_of_default_repository
 from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, ServerConfig, TritonServer, free_port
 
 
@@ -25,9 +24,9 @@ def ports() -> ServerConfig:
 @pytest.fixture
 def cluster(tmp_path):
     configs = [ports() for _ in range(3)]
-    frontend_repo, worker_repo = write_cluster(
-        onnx_files_of_default_repository(DEFAULT_REPOSITORY, tmp_path / "onnx"), [c.grpc_url for c in configs], tmp_path / "cluster",
-        deadline_ms=50)
+    onnx_dir = onnx_files_of_default_repository(DEFAULT_REPOSITORY, tmp_path / "onnx")
+    models = default_repository_spec(onnx_dir, deadline_ms=50).models
+    frontend_repo, worker_repo = write_cluster(models, [c.grpc_url for c in configs], tmp_path / "cluster")
     worker_configs = [ServerConfig(worker_repo, http_port=c.http_port, grpc_port=c.grpc_port,
                                    metrics_port=c.metrics_port) for c in configs]
     workers = [TritonServer(c, tmp_path / f"worker{i}.log") for i, c in enumerate(worker_configs)]

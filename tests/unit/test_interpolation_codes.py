@@ -1,4 +1,4 @@
-"""Berrut and NeRCC against their formulas (CODES.md section 2), computed independently here."""
+"""Berrut and NeRCC against their formulas (docs/codes.md section 2), computed independently here."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def test_nercc_encoder_is_scipys_smoothing_spline(k, num_workers, points, lam):
 
 
 def test_scipy_lam_is_n_times_codes_lambda():
-    """CODES.md's objective (1/n) sum (u(t_i) - y_i)^2 + lambda int u''^2 is scipy's with lam = n lambda."""
+    """docs/codes.md's objective (1/n) sum (u(t_i) - y_i)^2 + lambda int u''^2 is scipy's with lam = n lambda."""
     t = np.sort(RNG.uniform(-1, 1, 8))
     y = np.sin(3 * t)
     lam = 0.01

@@ -1,4 +1,4 @@
-"""ParM's encoders and subtraction decoder against CODES.md section 1."""
+"""ParM's encoders and subtraction decoder against docs/codes.md section 1."""
 
 import numpy as np
 import pytest
