@@ -1,0 +1,57 @@
+// The coded ensemble's configuration, read and checked once at model load (no Triton types).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace coded {
+
+struct TensorDesc {
+  std::string name;
+  std::string dtype;  // Triton's name without "TYPE_", e.g. "FP32"
+  std::vector<int64_t> dims;  // without the batch dimension
+
+  size_t element_size() const;
+  size_t elements() const;
+  size_t row_bytes() const { return elements() * element_size(); }
+  bool is_float() const;
+};
+
+enum class Encoder { Sum, Stack, Model };
+enum class Decoder { Subtract, Model };
+
+struct EnsembleConfig {
+  std::string name;
+  int max_batch_size = 0;
+  TensorDesc input, output, member_output;
+  std::vector<std::string> members;  // worker order
+  int k = 0;
+  bool systematic = true;
+  int min_available = 0;
+  Encoder encoder = Encoder::Sum;
+  std::string encoder_model;
+  Decoder decoder = Decoder::Subtract;
+  std::string decoder_model;
+  float parity_weight = 1.0f;
+  bool postprocess_by_decoder = false;
+  double deadline_s = 0.02;
+  double timeout_s = 5.0;
+  int suspend_after_misses = 3;
+  double probe_interval_s = 1.0;
+  int max_in_flight = 4096;
+
+  int num_workers() const { return static_cast<int>(members.size()); }
+  int num_coded() const { return num_workers() - (systematic ? k : 0); }
+  // One coded worker's query, without the batch dimension.
+  std::vector<int64_t> coded_input_dims(const std::vector<int64_t>& encoder_dims) const;
+
+  // Throws std::invalid_argument naming the bad parameter or tensor.
+  static EnsembleConfig from_model_config(const std::string& json);
+};
+
+size_t dtype_size(const std::string& dtype);  // 0 for unknown or variable-size types
+const char* const RECONSTRUCTED = "reconstructed";
+
+}  // namespace coded

@@ -1,0 +1,51 @@
+// The ensemble's Prometheus counters, through Triton's custom-metrics API (label model=<name>,
+// and member=<member> for the per-member ones).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "triton_api.h"
+
+namespace coded {
+
+struct FamilyDeleter {
+  void operator()(TRITONSERVER_MetricFamily* f) const;
+};
+struct MetricDeleter {
+  void operator()(TRITONSERVER_Metric* m) const;
+};
+using FamilyPtr = std::unique_ptr<TRITONSERVER_MetricFamily, FamilyDeleter>;
+using MetricPtr = std::unique_ptr<TRITONSERVER_Metric, MetricDeleter>;
+
+class Counter {
+ public:
+  Counter() = default;
+  Counter(TRITONSERVER_MetricFamily* family, const std::string& model, const std::string& member = "");
+  void add(double value) const;
+
+ private:
+  MetricPtr metric_;
+};
+
+struct FanoutCounts {
+  int queries = 0, reconstructed = 0, errors = 0, groups = 0, padded_slots = 0;
+  double decode_us = 0;
+  std::vector<int> failed_workers, late_workers;
+};
+
+class EnsembleMetrics {
+ public:
+  EnsembleMetrics(const std::string& model, const std::vector<std::string>& members);
+  void record(const FanoutCounts& counts) const;
+
+ private:
+  TRITONSERVER_MetricFamily* family(const char* name, const char* description);
+
+  std::vector<FamilyPtr> families_;  // declared first: a metric must not outlive its family
+  Counter queries_, reconstructed_, errors_, groups_, padded_, decode_us_;
+  std::vector<Counter> member_errors_, member_late_;
+};
+
+}  // namespace coded

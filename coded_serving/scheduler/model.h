@@ -1,0 +1,44 @@
+// What every instance of one coded ensemble shares.
+#pragma once
+
+#include <atomic>
+#include <mutex>
+
+#include "config.h"
+#include "core.h"
+#include "metrics.h"
+#include "timer.h"
+#include "calls.h"
+#include "triton_util.h"
+
+namespace coded {
+
+struct ModelState {
+  ModelState(EnsembleConfig c, TRITONSERVER_Server* s)
+      : config(std::move(c)),
+        server(s),
+        input_type(TRITONSERVER_StringToDataType(config.input.dtype.c_str())),
+        output_type(TRITONSERVER_StringToDataType(config.output.dtype.c_str())),
+        member_output_type(TRITONSERVER_StringToDataType(config.member_output.dtype.c_str())),
+        allocator(cpu_allocator()),
+        metrics(config.name, config.members),
+        health(config.num_workers(), config.suspend_after_misses, config.probe_interval_s),
+        planner(code(), &health) {}
+
+  CodeShape code() const {
+    return {config.k, config.num_workers(), config.systematic, config.min_available, config.postprocess_by_decoder};
+  }
+
+  const EnsembleConfig config;
+  TRITONSERVER_Server* const server;
+  const TRITONSERVER_DataType input_type, output_type, member_output_type;
+  AllocatorPtr allocator;
+  EnsembleMetrics metrics;
+  std::mutex scheduling;  // guards health and planner
+  MemberHealth health;
+  Planner planner;
+  std::atomic<int> in_flight{0};  // queries received and not yet answered
+  Timer timer;  // last: stopped first, before what its callbacks use
+};
+
+}  // namespace coded
