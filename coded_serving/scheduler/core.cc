@@ -182,11 +182,13 @@ bool Race::group_resolved(int group) const {
 }
 
 bool Race::wants_reserves() const {
-  bool any_pending = false, any_missing = false;
+  bool any_reserved = false, any_pending = false, any_missing = false;
   for (int w = 0; w < code_.num_workers; ++w) {
+    any_reserved |= state_[w] == Call::Reserved;
     any_pending |= state_[w] == Call::Pending;
     any_missing |= state_[w] == Call::Failed || (state_[w] == Call::Pending && now_ >= deadline_[w]);
   }
+  if (!any_reserved) return false;
   for (int g = 0; g < layout_.groups(); ++g) {
     if (decoding_[g] || group_resolved(g) || all_originals(g) || decodable(g)) continue;
     bool row_lost = false;
