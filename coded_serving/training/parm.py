@@ -11,7 +11,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,11 +78,13 @@ def _fit(
     identity: dict,
     checkpoint_path: Path | str | None,
     history: list[dict] | None,
+    progress: bool = True,
 ) -> nn.Module:
     """The loop both trainings share: returns the weights of the epoch with the best first figure of
     ``validate``. With ``checkpoint_path`` every epoch is saved and an existing checkpoint resumed
     (weights, optimizer, the random state that draws the epochs, best so far), so a resumed run
     follows the path an uninterrupted one would. ``history`` collects one record per epoch run here.
+    ``progress``: a line per epoch on stderr, and tqdm's bar over its batches where tqdm is installed.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -102,7 +104,8 @@ def _fit(
         inputs, targets = draw_epoch(rng)
         model.train()
         total_loss = 0.0
-        for batch_inputs, batch_targets in zip(inputs.split(batch_size), targets.split(batch_size)):
+        batches = list(zip(inputs.split(batch_size), targets.split(batch_size)))
+        for batch_inputs, batch_targets in _progress_bar(batches, f"{name} epoch {epoch}/{epochs}", progress):
             loss = loss_fn(model(batch_inputs), batch_targets)
             optimizer.zero_grad()
             loss.backward()
@@ -118,11 +121,23 @@ def _fit(
             _save_atomically({"identity": identity} | state | best, checkpoint_path)
         record = {"epoch": epoch, "loss": total_loss / len(inputs)} | metrics | {"seconds": time.perf_counter() - start}
         figures = " ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("epoch", "seconds"))
-        print(f"{name} epoch {epoch}/{epochs} {figures} ({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        if progress:
+            print(f"{name} epoch {epoch}/{epochs} {figures} ({record['seconds']:.1f} s)", file=sys.stderr, flush=True)
         if history is not None:
             history.append(record)
     model.load_state_dict(best_state)
     return model.eval()
+
+
+def _progress_bar(batches: list, label: str, progress: bool) -> Iterable:
+    """tqdm is optional: without it an epoch shows only its closing line."""
+    if not progress:
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+    return tqdm(batches, desc=label, leave=False, file=sys.stderr)
 
 
 def classification_epochs(data: Dataset) -> tuple[Callable, Callable]:
@@ -206,7 +221,7 @@ def evaluate_degraded(deployed: nn.Module, parity: nn.Module, code: Code, images
 def train_parity_model(
     deployed: nn.Module,
     code: Code,
-    arch: str,
+    arch: str | nn.Module,
     data: Dataset,
     epochs: int,
     seed: int,
@@ -215,12 +230,14 @@ def train_parity_model(
     lr: float = 1e-3,
     weight_decay: float = 1e-5,
     history: list[dict] | None = None,
+    progress: bool = True,
 ) -> nn.Module:
     """ParM (docs/codes.md section 1): F_P(encode(x_1..x_k)) regresses sum_i F(x_i) on raw logits, F frozen.
 
     Coding groups are re-drawn every epoch; the kept weights are those of the epoch with the best
     validation degraded-mode accuracy, since the regression loss is only a proxy for it.
-    ``batch_size`` counts coding groups.
+    ``batch_size`` counts coding groups. ``arch``: one of our architectures, trained from scratch, or a
+    module trained in place (training/build.py passes the deployed model's own graph).
     """
     # F is frozen, so its outputs are computed once rather than every epoch.
     train_logits = predict_logits(deployed, data.train.images)
@@ -236,17 +253,19 @@ def train_parity_model(
         return {"val_degraded_accuracy": metrics["degraded_accuracy"], "val_recovery_accuracy": metrics["recovery_accuracy"]}
 
     with _deterministic(seed):
-        parity = make_net(arch)
+        parity = make_net(arch) if isinstance(arch, str) else arch
         optimizer = torch.optim.Adam(parity.parameters(), lr=lr, weight_decay=weight_decay)
         identity = {
             "task": "parity",
-            "arch": arch,
+            # a module is named by its initial weights
+            "arch": arch if isinstance(arch, str) else _fingerprint(arch),
             "code": type(code).__name__,
             "k": code.k,
             "seed": seed,
             "deployed": _fingerprint(deployed),
         }
+        label = arch if isinstance(arch, str) else "own-architecture"
         return _fit(
-            f"{arch} parity ({type(code).__name__}, k={code.k})", parity, optimizer, np.random.default_rng(seed),
-            epochs, batch_size, draw_epoch, functional.mse_loss, validate, identity, checkpoint_path, history,
+            f"{label} parity ({type(code).__name__}, k={code.k})", parity, optimizer, np.random.default_rng(seed),
+            epochs, batch_size, draw_epoch, functional.mse_loss, validate, identity, checkpoint_path, history, progress,
         )

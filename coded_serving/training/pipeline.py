@@ -202,9 +202,10 @@ def load_deployed(path: Path) -> nn.Module:
 
 
 def user_dataset(images: np.ndarray, labels: np.ndarray | None, deployed: nn.Module, val_fraction: float = 0.1,
-                 seed: int = 0) -> Dataset:
-    """Training and validation splits from the user's images; without labels, the deployed model's own
-    predictions stand in (degraded-mode accuracy is then recovery accuracy). No test split is used."""
+                 seed: int = 0, test_fraction: float = 0.0) -> Dataset:
+    """Training, validation and, with ``test_fraction``, held-out test splits from the user's images (without
+    one, validation stands in for the test split); without labels, the deployed model's own predictions
+    stand in (degraded-mode accuracy is then recovery accuracy)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     if labels is None:
         labels = predict_logits(deployed, images).argmax(axis=1)
@@ -213,9 +214,12 @@ def user_dataset(images: np.ndarray, labels: np.ndarray | None, deployed: nn.Mod
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     order = np.random.default_rng(seed).permutation(len(images))
     cut = max(1, int(len(images) * val_fraction))
-    val, train = np.sort(order[:cut]), np.sort(order[cut:])
+    test_cut = int(len(images) * test_fraction)
+    val, train = np.sort(order[:cut]), np.sort(order[cut + test_cut:])
     validation = Split(images[val], labels[val])
-    return Dataset(Split(images[train], labels[train]), validation, validation)
+    test = np.sort(order[cut:cut + test_cut])
+    held_out = Split(images[test], labels[test]) if test_cut else validation
+    return Dataset(Split(images[train], labels[train]), validation, held_out)
 
 
 def export_deployment(
