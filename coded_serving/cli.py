@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 from coded_serving.deployment.backends import install_backends
-from coded_serving.deployment.launcher import ADMIN_HEADER, DEFAULT_REPOSITORY, ServerConfig, TritonServer
+from coded_serving.deployment.launcher import (
+    ADMIN_HEADER, ADMIN_KEY_ENV, DEFAULT_REPOSITORY, GRPC_ADMIN_HEADER, ServerConfig, TritonServer, key_path,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,13 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository until Ctrl-C or SIGTERM")
     serve.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="listen address; beyond loopback, model control needs --admin-key (or $CODED_SERVING_ADMIN_KEY)")
-    serve.add_argument("--admin-key", default=os.environ.get("CODED_SERVING_ADMIN_KEY"),
-                       help=f"value of the '{ADMIN_HEADER}' header that model control calls must carry off loopback")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP and gRPC listen address (IPv4 or IPv6)")
+    serve.add_argument("--admin-key", default=os.environ.get(ADMIN_KEY_ENV),
+                       help=f"the key that model loading/unloading, configuration, shared-memory, trace and logging "
+                            f"calls must carry, on loopback too (HTTP header '{ADMIN_HEADER}', gRPC metadata "
+                            f"'{GRPC_ADMIN_HEADER}'); beyond loopback, statistics too. Default: "
+                            f"${ADMIN_KEY_ENV}, else a fresh random key per start. Either way it is written to "
+                            f"{key_path('<http-port>')} (mode 0600, $XDG_CACHE_HOME honoured, removed on stop), "
+                            f"where the project's tools read it")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--metrics-host", default="127.0.0.1",
+                       help="metrics listen address (default: loopback, whatever --host says)")
     serve.add_argument("--log-file", type=Path, help="server log (default: none)")
     serve.add_argument("--log-verbose", type=int, default=0)
     backends = commands.add_parser("backends", help="lay out the project's backends (Python-based ones and the "
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(backend)
         return 0
     config = ServerConfig(args.model_repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
-                          args.log_verbose, admin_key=args.admin_key)
+                          args.log_verbose, metrics_host=args.metrics_host, admin_key=args.admin_key)
     return serve_forever(config, args.log_file)
 
 
@@ -51,7 +59,7 @@ def serve_forever(config: ServerConfig, log_file: Path | None) -> int:
             return 1
         print(f"serving {config.model_repository}\n"
               f"  HTTP    {config.http_url}\n  gRPC    {config.grpc_url}\n  metrics {config.metrics_url}\n"
-              f"Ctrl-C to stop", flush=True)
+              f"  admin key in {key_path(config.http_port)}\nCtrl-C to stop", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0

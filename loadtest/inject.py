@@ -24,11 +24,14 @@ from tritonclient.utils import InferenceServerException
 
 from coded_serving.runtime.faults import TAILS, FaultInjection
 from coded_serving.benchmarks.load import Contention, CpuContention, server_pid, stub_process, with_faults
+from coded_serving.deployment.launcher import with_admin_key
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP endpoint")
+    parser.add_argument("--url", default="127.0.0.1:8000",
+                        help="the server's HTTP endpoint; its admin key is read from the file its launcher wrote "
+                             "(a server on this machine), else from $CODED_SERVING_ADMIN_KEY")
     commands = parser.add_subparsers(dest="command", required=True)
     faults = commands.add_parser("faults", help="reload the model with delays and/or errors switched on")
     faults.add_argument("--service-ms", type=float, default=0.0,
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("model")
     args = parser.parse_args(argv)
 
-    admin = http.InferenceServerClient(args.url, network_timeout=120)
+    admin = with_admin_key(http.InferenceServerClient(args.url, network_timeout=120), args.url)
     try:
         if args.command == "faults":
             injected = FaultInjection(

@@ -41,7 +41,7 @@ from coded_serving.codes import Code, CodeSpec, make_code
 from coded_serving.training.data import Dataset
 from coded_serving.deployment.builder import onnx_model, onnx_tensors
 from coded_serving.training.pipeline import ModelRecord, ParityModel, TrainingPlan, train_models
-from coded_serving.deployment.launcher import PROJECT_ROOT
+from coded_serving.deployment.launcher import PROJECT_ROOT, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 from coded_serving.specs import CodedEnsembleSpec, RepositorySpec
 from coded_serving.codes.stragglers import Pattern, available_mask, missing_slots, straggler_patterns
@@ -280,7 +280,7 @@ class LiveExecutor:
 
     def _admin(self) -> http.InferenceServerClient:
         if not hasattr(self._clients, "admin"):
-            self._clients.admin = http.InferenceServerClient(self.url, network_timeout=600.0)
+            self._clients.admin = with_admin_key(http.InferenceServerClient(self.url, network_timeout=600.0), self.url)
         return self._clients.admin
 
     def _client(self, model: str) -> ModelClient:

@@ -16,7 +16,7 @@ import tritonclient.http as http
 
 from coded_serving.client import ModelClient, load_retrying
 from coded_serving.training.invnet import invnet_repository_spec
-from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port
+from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 
 #: as large as the ensemble's max batch that is a whole number of groups, so groups never straddle requests
@@ -50,7 +50,7 @@ def measure_served(url: str, ensemble: str, k: int, images: np.ndarray, labels: 
     if len(images) % k:
         raise ValueError(f"{len(images)} images do not fill groups of {k}")
     slots = np.arange(len(images)) % k
-    admin = http.InferenceServerClient(url)
+    admin = with_admin_key(http.InferenceServerClient(url), url)
     start = time.perf_counter()
     try:
         with ModelClient(url, ensemble) as client:

@@ -35,7 +35,7 @@ from google.protobuf import json_format
 from coded_serving.codes import CodeSpec
 from coded_serving.deployment.builder import coded_ensemble, onnx_model
 from coded_serving.runtime.faults import FaultInjection
-from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port
+from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 from coded_serving.specs import CodedEnsembleSpec, OnnxModelSpec, RepositorySpec
 
@@ -254,7 +254,8 @@ class BenchmarkServer:
 
     def __enter__(self) -> "BenchmarkServer":
         self.server.start()
-        self.admin = http.InferenceServerClient(self.server.config.http_url, network_timeout=120)
+        url = self.server.config.http_url
+        self.admin = with_admin_key(http.InferenceServerClient(url, network_timeout=120), url)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,6 +21,7 @@ from coded_serving.client import ModelClient
 from coded_serving.deployment.builder import DEFAULT_DEPLOYED_ONNX, default_repository_spec, onnx_model
 from coded_serving.benchmarks.report_sections import machine_description
 from coded_serving.deployment.config_writer import write_repository
+from coded_serving.deployment.launcher import with_admin_key
 from coded_serving.specs import CodedEnsembleSpec, ForwardModelSpec, RepositorySpec
 
 DIRECT = "lenet5"
@@ -115,7 +116,7 @@ class ServerTime:
 def inference_statistics(http_url: str) -> dict[str, tuple[int, int, int]]:
     """Cumulative (requests, success ns, compute_infer ns) per model, from Triton's statistics API."""
     import tritonclient.http as triton
-    client = triton.InferenceServerClient(http_url)
+    client = with_admin_key(triton.InferenceServerClient(http_url), http_url)  # statistics need it off loopback
     try:
         stats = client.get_inference_statistics()["model_stats"]
     finally:

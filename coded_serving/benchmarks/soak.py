@@ -13,6 +13,7 @@ import numpy as np
 import tritonclient.http as http
 
 from coded_serving.client import ModelClient
+from coded_serving.deployment.launcher import with_admin_key
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def run_soak(http_url: str, server_pid: int, ensemble: str, members: list[str], 
     def churn() -> None:
         nonlocal churn_events
         chooser = random.Random(seed)
-        admin = http.InferenceServerClient(http_url)
+        admin = with_admin_key(http.InferenceServerClient(http_url), http_url)
         try:
             while not stop.wait(churn_every_s / 2):
                 member = chooser.choice(members)

@@ -8,9 +8,12 @@ the NGC image with its native backends.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import glob
 import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +23,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,13 @@ SHM_GLOB = "/dev/shm/triton_*_backend_shm_region_*"
 #: read once at import: sysconfig's lazy first read is not thread-safe (servers start in threads)
 PYTHON_LIBDIR = sysconfig.get_config_var("LIBDIR")
 ADMIN_HEADER = "coded-serving-admin-key"
+#: the same key as gRPC metadata: Triton's gRPC frontend prefixes every restricted-protocol key with
+#: ``triton-grpc-protocol-`` (kRestrictedProtocolHeaderTemplate in its grpc_server.h)
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+#: the key of a server on another machine, for the project's tools (and the default of ``--admin-key``)
+ADMIN_KEY_ENV = "CODED_SERVING_ADMIN_KEY"
+#: model control and server settings are the operator's: every call to these needs the admin key
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "trace", "logging")
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,12 @@ class ServerConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     log_verbose: int = 0
+    #: metrics (per-model traffic and latency) stay on loopback unless asked otherwise
+    metrics_host: str = "127.0.0.1"
     #: seconds between SIGTERM and SIGKILL when stopping
     stop_margin_s: float = 15.0
-    #: when set, model control and repository calls need it in the ``coded-serving-admin-key``
-    #: header; required to listen beyond loopback
+    #: the key that model control and settings calls need (``RESTRICTED_APIS``); None: a fresh
+    #: random one per start. Either way the launcher writes it to ``key_path(http_port)``.
     admin_key: str | None = None
     #: threads of the Python backend per model instance (None: Triton's default). Each BLS call
     #: to a member holds one until it returns: under heavy straggling a larger pool keeps the
@@ -53,19 +66,86 @@ class ServerConfig:
 
     @property
     def loopback(self) -> bool:
-        return ipaddress.ip_address(socket.gethostbyname(self.host)).is_loopback
+        return is_loopback(self.host)
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{_url_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{_url_host(self.host)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{_url_host(self.metrics_host)}:{self.metrics_port}/metrics"
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address ``host`` stands for (IPv4 and IPv6 alike)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(f"cannot resolve host {host!r}: {error.strerror}") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return [getattr(a, "ipv4_mapped", None) or a for a in addresses]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (127.0.0.0/8, ::1); ValueError if it does not resolve."""
+    return all(address.is_loopback for address in _addresses(host))
+
+
+def _url_host(host: str) -> str:
+    """An IPv6 address in brackets, as URLs (and gRPC's addresses) write it."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _evhtp_address(host: str) -> str:
+    """Triton's HTTP and metrics servers (libevhtp) take IPv6 addresses with an ``ipv6:`` prefix."""
+    return f"ipv6:{host}" if ":" in host else host
+
+
+def key_path(http_port: int) -> Path:
+    """Where the launcher keeps the admin key of the server on ``http_port``: readable by this user only."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "coded-serving" / "keys" / f"{http_port}.key"
+
+
+def admin_key_for(http_url: str) -> str | None:
+    """The admin key of the server at ``http_url``: the file its launcher wrote when that server is on
+    this machine, else ``$CODED_SERVING_ADMIN_KEY``. A local key file is never sent to another host."""
+    host, _, port = http_url.split("://")[-1].rpartition(":")
+    try:
+        local = all(a.is_loopback or a.is_unspecified for a in _addresses(host.strip("[]")))
+    except ValueError:
+        local = False
+    if local and port.isdigit():
+        try:
+            return key_path(int(port)).read_text()
+        except FileNotFoundError:
+            pass
+    return os.environ.get(ADMIN_KEY_ENV) or None
+
+
+class AdminKey:
+    """A tritonclient plugin that sends the admin key with every call, as Triton's frontend expects it."""
+
+    def __init__(self, key: str, grpc: bool = False):
+        self.key = key
+        self.header = GRPC_ADMIN_HEADER if grpc else ADMIN_HEADER
+
+    def __call__(self, request) -> None:
+        request.headers = {**(request.headers or {}), self.header: self.key}
+
+
+def with_admin_key(client, http_url: str):
+    """``client`` (a tritonclient HTTP or gRPC client) sending the admin key of the server whose HTTP
+    endpoint is ``http_url``, when one is known."""
+    key = admin_key_for(http_url)
+    if key:
+        client.register_plugin(AdminKey(key, grpc=type(client).__module__.startswith("tritonclient.grpc")))
+    return client
 
 
 def free_port() -> int:
@@ -109,11 +189,14 @@ class TritonServer:
     def __init__(self, config: ServerConfig, log_path: Path | None = None):
         self.config = config
         self.log_path = log_path
+        #: the key of the running server (``config.admin_key`` or a fresh one), set by ``start``
+        self.admin_key: str | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="coded-serving-"))
         self._process: subprocess.Popen | None = None
+        self._key_file: Path | None = None
         self._shm_before: set[str] = set()
 
-    def command(self, backend_directory: Path) -> list[str]:
+    def command(self, backend_directory: Path, admin_key: str) -> list[str]:
         c = self.config
         return [
             str(_pytriton_dir() / "bin" / "tritonserver"),
@@ -121,44 +204,54 @@ class TritonServer:
             f"--backend-directory={backend_directory}",
             "--model-control-mode=explicit",
             "--load-model=*",
-            f"--http-address={c.host}",
+            f"--http-address={_evhtp_address(c.host)}",
             f"--http-port={c.http_port}",
-            f"--grpc-address={c.host}",
+            f"--grpc-address={_url_host(c.host)}",
             f"--grpc-port={c.grpc_port}",
-            f"--metrics-address={c.host}",
+            f"--metrics-address={_evhtp_address(c.metrics_host)}",
             f"--metrics-port={c.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
             "--exit-timeout-secs=5",
             f"--log-verbose={c.log_verbose}",
-            *self._restrictions(),
+            *self._restrictions(admin_key),
             *([f"--backend-config=python,thread-pool-size={c.python_thread_pool}"] if c.python_thread_pool else []),
         ]
 
-    def _restrictions(self) -> list[str]:
-        """Loading, unloading and reconfiguring models is for the operator: off loopback, only with a key."""
-        if not self.config.admin_key:
-            if self.config.loopback:
-                return []
-            raise ValueError(f"serving on {self.config.host} (not loopback) needs an admin key for model control")
-        apis = f"model-repository,model-config,shared-memory,trace,logging:{ADMIN_HEADER}={self.config.admin_key}"
-        return [f"--http-restricted-api={apis}", f"--grpc-restricted-protocol={apis}"]
+    def _restrictions(self, admin_key: str) -> list[str]:
+        """Model control and settings need the key on every interface, loopback included: any local
+        process could reach them otherwise. Off loopback, per-model statistics need it too.
+
+        Triton reads these options from its command line only (command_line_parser.cc parses argv with
+        getopt_long; no option file, and the environment only for Vertex AI), so the key is in the
+        server's /proc/<pid>/cmdline, which other local users can read unless /proc is mounted with
+        hidepid. The key file and the clients keep it out of everything else."""
+        apis = ",".join(RESTRICTED_APIS + (() if self.config.loopback else ("statistics",)))
+        restricted = f"{apis}:{ADMIN_HEADER}={admin_key}"
+        return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
 
     def start(self, ready_timeout_s: float = 120.0) -> "TritonServer":
-        if not Path(self.config.model_repository).is_dir():
-            raise FileNotFoundError(f"model repository {self.config.model_repository} does not exist")
-        for port in (self.config.http_port, self.config.grpc_port, self.config.metrics_port):
-            _check_port_free(self.config.host, port)
+        c = self.config
+        if not Path(c.model_repository).is_dir():
+            raise FileNotFoundError(f"model repository {c.model_repository} does not exist")
+        for host, port in ((c.host, c.http_port), (c.host, c.grpc_port), (c.metrics_host, c.metrics_port)):
+            _check_port_free(host, port)
         backends = build_backend_directory(self._workdir / "backends")
+        self.admin_key = c.admin_key or secrets.token_urlsafe(32)
+        command = self.command(backends, self.admin_key)
+        self._key_file = _write_private(key_path(c.http_port), self.admin_key)
         self._shm_before = set(glob.glob(SHM_GLOB))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self._process = subprocess.Popen(
-            self.command(backends), env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if self.log_path:
-            log.close()
+        try:
+            # from the spawner's thread: the parent-death signal follows the thread that forked
+            self._process = _spawner.submit(
+                subprocess.Popen, command, env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            ).result()
+        finally:
+            if self.log_path:
+                log.close()
         try:
             self._wait_ready(ready_timeout_s)
         except BaseException:
@@ -167,19 +260,34 @@ class TritonServer:
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
-        url = f"http://{self.config.http_url}/v2/health/ready"
+        """Until every endpoint answers: HTTP and gRPC say ready, the metrics port serves its page
+        (each frontend starts on its own, so one answering says nothing of the others)."""
+        import tritonclient.grpc as grpc
+        from tritonclient.utils import InferenceServerException
+
+        grpc_client = grpc.InferenceServerClient(self.config.grpc_url)
+        pending = {
+            "HTTP": lambda: _answers(f"http://{self.config.http_url}/v2/health/ready"),
+            "gRPC": lambda: grpc_client.is_server_ready(client_timeout=1),
+            "metrics": lambda: _answers(self.config.metrics_url),
+        }
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with code {self._process.returncode}{self._log_hint()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"tritonserver not ready after {timeout_s:.0f} s{self._log_hint()}")
+        try:
+            while pending and time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited with code {self._process.returncode}{self._log_hint()}")
+                for endpoint, ready in list(pending.items()):
+                    try:
+                        if ready():
+                            del pending[endpoint]
+                    except (OSError, InferenceServerException):
+                        pass
+                if pending:
+                    time.sleep(0.2)
+        finally:
+            grpc_client.close()
+        if pending:
+            raise TimeoutError(f"tritonserver's {', '.join(pending)} not ready after {timeout_s:.0f} s{self._log_hint()}")
 
     def _log_hint(self) -> str:
         return f"; see {self.log_path}" if self.log_path else "; pass a log path to see why"
@@ -206,6 +314,9 @@ class TritonServer:
                     pass
             _kill_group(self._process.pid)  # the server's own session: it and any backend stub it left
             self._process.wait()
+        if self._key_file is not None:
+            self._key_file.unlink(missing_ok=True)
+            self._key_file = None
         for region in orphaned_shm_regions(self._shm_before):
             Path(region).unlink(missing_ok=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -225,12 +336,44 @@ def orphaned_shm_regions(existing_before: set[str]) -> set[str]:
 
 def _check_port_free(host: str, port: int) -> None:
     """A busy port would leave clients talking to some other server: refuse it up front."""
-    with socket.socket() as sock:
+    _addresses(host)  # an unresolvable host is named as such, not as a busy port
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
         try:
-            sock.bind((host, port))
+            sock.bind(address)
         except OSError:
             raise RuntimeError(f"port {port} on {host} is already in use") from None
+
+
+def _answers(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return response.status == 200
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """``text`` in a fresh file only this user can read (a stale file of a killed launcher is replaced)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+    return path
+
+
+#: one long-lived thread starts every server (see ``_die_with_parent``)
+_spawner = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(launcher: int) -> None:
+    """In the server, before exec: SIGTERM it when the launcher dies, even by SIGKILL, so that it shuts
+    down as on ``stop`` and takes its backend stubs with it. Linux sends the signal when the *thread*
+    that forked exits: hence the spawner thread, which lives as long as the launcher."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:  # the launcher died before the signal was armed
+        os._exit(1)
 
 
 def _mapped_files() -> set[str]:

@@ -11,7 +11,9 @@ import pytest
 import tritonclient.http as http
 from google.protobuf import json_format
 
-from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port
+from coded_serving.deployment.launcher import (
+    DEFAULT_REPOSITORY, PROJECT_ROOT, ServerConfig, TritonServer, free_port, with_admin_key,
+)
 from coded_serving.deployment.config_writer import read_config
 
 
@@ -29,8 +31,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def admin(server):
-    """An HTTP client for model control; every model is back as shipped after the test."""
-    client = http.InferenceServerClient(server.config.http_url)
+    """An HTTP client for model control (it sends the server's admin key); every model is back as
+    shipped after the test."""
+    client = with_admin_key(http.InferenceServerClient(server.config.http_url), server.config.http_url)
     client.overridden = set()
     yield client
     for model in client.get_model_repository_index():
@@ -70,7 +73,7 @@ def shipped_config(model: str):
 
 
 def load_with_config(client: http.InferenceServerClient, model: str, config) -> None:
-    """Unload first: reloading a live Python-backend model in place can crash tritonserver 2.51
+    """Through ``client``, which must send the admin key (the ``admin`` fixture). Unload first: reloading a live Python-backend model in place can crash tritonserver 2.51
     (a segfault in the Python backend's execute while the old instance is torn down)."""
     client.unload_model(model)
     client.load_model(model, config=json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
