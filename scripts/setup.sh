@@ -4,10 +4,29 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+# What apt must provide: the data set, venv's ensurepip (python3-venv, for a fresh .venv) and the shared
+# libpython that tritonserver's Python backend stub loads (some systems ship only the interpreter).
+missing=()
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+[ -x .venv/bin/python ] || python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+python3 -c '
+import ctypes, os, sys, sysconfig
+name = f"libpython{sys.argv[1]}.so.1.0"
+if not os.path.exists(os.path.join(sysconfig.get_config_var("LIBDIR"), name)):
+    ctypes.CDLL(name)  # fails when the dynamic loader cannot find it either
+' "$version" 2>/dev/null || missing+=("libpython$version")
+if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  if ! command -v apt-get >/dev/null || { [ -n "$sudo" ] && ! command -v sudo >/dev/null; }; then
+    echo "setup: missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install ${missing[*]}) and rerun" >&2
+    exit 1
+  fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"; then
+    echo "setup: apt-get could not install ${missing[*]}: install them by hand and rerun" >&2
+    exit 1
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
