@@ -24,7 +24,7 @@ from torch import nn
 
 from coded_serving.codes import Code, CodeSpec, make_code
 from coded_serving.codes.stragglers import straggler_patterns
-from coded_serving.deployment.builder import deployment, onnx_tensors
+from coded_serving.deployment.builder import DEFAULT_DEADLINE_MS, deployment, onnx_tensors
 from coded_serving.deployment.config_writer import write_repository
 from coded_serving.specs import CodedEnsembleSpec, TensorSpec
 from coded_serving.training.onnx_export import export_onnx
@@ -87,7 +87,7 @@ class BuildResult:
 def build_repository(
     model_onnx: Path, code: str, k: int, repository: Path, *, stragglers: int = 1, images: Path | None = None,
     labels: Path | None = None, epochs: int = DEFAULT_EPOCHS, name: str | None = None,
-    accelerator: str | None = None, progress: bool = True, seed: int = 0,
+    deadline_ms: float = DEFAULT_DEADLINE_MS, accelerator: str | None = None, progress: bool = True, seed: int = 0,
 ) -> BuildResult:
     """Write ``repository`` serving ``model_onnx`` as ``name`` and its coded ensemble ``<name>_<family>``.
 
@@ -95,7 +95,8 @@ def build_repository(
     missing result per group; needs ``images``), berrut or nercc (k + ``stragglers`` workers running the
     unchanged model; tolerates any number missing). ``images``: a .npy float array shaped like the
     model's input batch; ``labels``: a .npy of class indices (without them the figure is recovery accuracy,
-    agreement with the deployed model). Coded-InvNet: export/train_invnet.py (it needs an invertible model).
+    agreement with the deployed model). ``deadline_ms``: how long the ensemble waits for a member before
+    treating it as missing. Coded-InvNet: export/train_invnet.py (it needs an invertible model).
     """
     start = time.perf_counter()
     model_onnx, repository = Path(model_onnx), Path(repository)
@@ -117,7 +118,7 @@ def build_repository(
             facts["parity_onnx_max_abs_diff"] = diff
         if image_array is not None:
             facts |= _measure(built, stragglers, model_onnx, parity_onnx or model_onnx, image_array, label_array)
-        written = deployment(name, spec, model_onnx, parity_onnx, accelerator=accelerator)
+        written = deployment(name, spec, model_onnx, parity_onnx, deadline_ms=deadline_ms, accelerator=accelerator)
         write_repository(written, repository)
     (ensemble,) = (m.name for m in written.models if isinstance(m, CodedEnsembleSpec))
     return BuildResult(repository, tuple(m.name for m in written.models), ensemble, spec, **facts,
