@@ -65,8 +65,10 @@ std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_Request* 
     rejection = {TRITONSERVER_ERROR_INVALID_ARG, where + "empty or inconsistent batch " + shape_text(got)};
     return nullptr;
   }
-  const char* rows = nullptr;
-  std::vector<char> gathered;
+  // A copy, not the caller's buffer: Triton's HTTP frontend frees a request's input as soon
+  // as its response is sent, and a straggler or a reserve may read the query after that.
+  std::vector<char> rows;
+  rows.reserve(bytes);
   for (uint32_t b = 0; b < buffers; ++b) {
     const void* base = nullptr;
     uint64_t size = 0;
@@ -74,12 +76,10 @@ std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_Request* 
     int64_t memory_id = 0;
     check(TRITONBACKEND_InputBuffer(input, b, &base, &size, &memory, &memory_id));
     if (memory == TRITONSERVER_MEMORY_GPU) throw TritonFailure(where + "GPU memory is not supported");
-    rows = static_cast<const char*>(base);
-    if (buffers > 1) gathered.insert(gathered.end(), rows, rows + size);  // queries may straddle buffers
+    rows.insert(rows.end(), static_cast<const char*>(base), static_cast<const char*>(base) + size);
   }
-  if (buffers > 1) rows = gathered.data();
   for (int row = 0; row < n && desc.is_float(); ++row) {
-    if (!row_finite(rows + row * desc.row_bytes(), desc.elements(), desc.dtype)) {
+    if (!row_finite(rows.data() + row * desc.row_bytes(), desc.elements(), desc.dtype)) {
       rejection = {TRITONSERVER_ERROR_INVALID_ARG, where + "input contains NaN or infinite values"};
       return nullptr;
     }
@@ -91,10 +91,7 @@ std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_Request* 
                                                      " queries; try again later"};
     return nullptr;
   }
-  auto client = std::make_shared<ClientRequest>(request, n, model.config.output.row_bytes());
-  client->gathered = std::move(gathered);
-  client->input = buffers > 1 ? client->gathered.data() : rows;
-  return client;
+  return std::make_shared<ClientRequest>(request, std::move(rows), n, model.config.output.row_bytes());
 }
 
 }  // namespace

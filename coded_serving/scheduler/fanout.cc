@@ -96,7 +96,7 @@ Fanout::Fanout(ModelState& model, TRITONBACKEND_ModelInstance* instance, uint64_
 }
 
 const char* Fanout::query_row(int query) const {
-  return queries_[query].owner->input + queries_[query].row * config_.input.row_bytes();
+  return queries_[query].owner->input.data() + queries_[query].row * config_.input.row_bytes();
 }
 
 void Fanout::drive() {

@@ -13,18 +13,17 @@
 
 namespace coded {
 
-// A client request the backend owns until it is answered and no member call reads it.
+// A client request the backend owns until it is answered and no member call reads its queries.
 struct ClientRequest {
-  ClientRequest(TRITONBACKEND_Request* r, int n, size_t answer_row_bytes)
-      : request(r), num_queries(n), answers(n * answer_row_bytes), reconstructed(n, false) {}
+  ClientRequest(TRITONBACKEND_Request* r, std::vector<char> queries, int n, size_t answer_row_bytes)
+      : request(r), num_queries(n), input(std::move(queries)), answers(n * answer_row_bytes), reconstructed(n, false) {}
   ~ClientRequest() { TRITONSERVER_ErrorDelete(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL)); }
   ClientRequest(const ClientRequest&) = delete;
   ClientRequest& operator=(const ClientRequest&) = delete;
 
   TRITONBACKEND_Request* const request;
   const int num_queries;
-  const char* input = nullptr;  // the query rows, back to back
-  std::vector<char> gathered;   // their copy when Triton split them over several buffers
+  const std::vector<char> input;  // the query rows, back to back
   std::vector<char> answers;
   std::vector<bool> reconstructed;
   int resolved = 0;

@@ -120,8 +120,10 @@ def server(tmp_path_factory, library):
 
 @pytest.fixture
 def client(server):
+    """A client that may also load and unload models (the launcher may restrict that to a key)."""
     with http.InferenceServerClient(server.config.http_url, network_timeout=30) as c:
-        yield c
+        admin = getattr(launcher, "with_admin_key", None)
+        yield admin(c, server.config.http_url) if admin else c
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
