@@ -109,16 +109,6 @@ size_t TensorDesc::elements() const {
 
 bool TensorDesc::is_float() const { return dtype == "FP16" || dtype == "BF16" || dtype == "FP32" || dtype == "FP64"; }
 
-std::vector<int64_t> EnsembleConfig::coded_input_dims(const std::vector<int64_t>& encoder_dims) const {
-  if (encoder == Encoder::Sum) return input.dims;
-  if (encoder == Encoder::Stack) {
-    std::vector<int64_t> dims{k};
-    dims.insert(dims.end(), input.dims.begin(), input.dims.end());
-    return dims;
-  }
-  return encoder_dims;
-}
-
 EnsembleConfig EnsembleConfig::from_model_config(const std::string& text) {
   Json json = Json::parse(text);
   EnsembleConfig c;

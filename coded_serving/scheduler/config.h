@@ -44,8 +44,6 @@ struct EnsembleConfig {
 
   int num_workers() const { return static_cast<int>(members.size()); }
   int num_coded() const { return num_workers() - (systematic ? k : 0); }
-  // One coded worker's query, without the batch dimension.
-  std::vector<int64_t> coded_input_dims(const std::vector<int64_t>& encoder_dims) const;
 
   // Throws std::invalid_argument naming the bad parameter or tensor.
   static EnsembleConfig from_model_config(const std::string& json);

@@ -20,7 +20,6 @@ struct Layout {
   static Layout for_queries(int num_queries, int k);
   int groups() const { return static_cast<int>(slots.size()) / k; }
   int at(int group, int slot) const { return slots[group * k + slot]; }
-  int group_of(int query) const { return query / k; }
   int min_copies() const;  // slots held by the least replicated query
   int padded_slots() const { return static_cast<int>(slots.size()) - num_queries; }
 };

@@ -270,7 +270,7 @@ std::string Fanout::send_member(int worker) {
       }
       input.chunks.emplace_back(summed_.data(), summed_.size() * sizeof(float));
     } else if (config_.encoder == Encoder::Stack) {
-      input.shape = batch_shape(groups, config_.coded_input_dims({}));
+      input.shape = batch_shape(groups, batch_shape(config_.k, config_.input.dims));  // [G, k, *in]
       for (int g = 0; g < groups; ++g)
         for (int i = 0; i < config_.k; ++i) input.chunks.emplace_back(query_row(layout.at(g, i)), row_bytes);
     } else {

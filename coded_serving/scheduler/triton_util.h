@@ -27,9 +27,6 @@ struct AllocatorDeleter {
 struct MessageDeleter {
   void operator()(TRITONSERVER_Message* m) const { TRITONSERVER_ErrorDelete(TRITONSERVER_MessageDelete(m)); }
 };
-struct BackendResponseDeleter {
-  void operator()(TRITONBACKEND_Response* r) const { TRITONSERVER_ErrorDelete(TRITONBACKEND_ResponseDelete(r)); }
-};
 
 using ErrorPtr = std::unique_ptr<TRITONSERVER_Error, ErrorDeleter>;
 using ResponsePtr = std::unique_ptr<TRITONSERVER_InferenceResponse, ResponseDeleter>;
