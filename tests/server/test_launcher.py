@@ -120,12 +120,12 @@ def _server_pid(http_port: str) -> int:
 def _pids() -> list[int]:
     """Live processes (a zombie has let go of everything but its number)."""
     pids = []
-    for entry in os.listdir("/proc"):
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
         try:
-            with open(f"/proc/{entry}/stat") as status:
-                if entry.isdigit() and status.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(entry))
-        except (OSError, IndexError):
+            with open(f"/proc/{pid}/stat") as status:
+                if status.read().rsplit(")", 1)[1].split()[0] != "Z":  # the state follows the command's name
+                    pids.append(pid)
+        except OSError:
             continue
     return pids
 
