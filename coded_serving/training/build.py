@@ -35,9 +35,9 @@ from coded_serving.training.tuning import TuningGrid, onnx_predict, score, worke
 PARM_CODES = ("parm-addition", "parm-concatenation")
 TRAINING_FREE_CODES = ("berrut", "nercc")
 CODES = PARM_CODES + TRAINING_FREE_CODES
-#: The point set and lambdas validation chose most often for one straggler (reports/accuracy.md, section
-#: Tuning; LeNet-5 and the MLP, K = 2 to 12): ApproxIFER's cos(n pi / N) points for both codes, and NeRCC
-#: next to interpolation (lambda_enc 0, lambda_dec 1e-7).
+#: What validation chose for one straggler (reports/accuracy.md, section Tuning; LeNet-5 and the MLP, K = 2
+#: to 12): ApproxIFER's cos(n pi / N) points in most cases for both codes, and NeRCC next to interpolation
+#: (lambda_enc 0, lambda_dec at most 1e-6; accuracy falls as lambda_dec grows).
 TRAINING_FREE_DEFAULTS = {
     "berrut": {"worker_points": "approxifer"},
     "nercc": {"worker_points": "approxifer", "lambda_enc": 0.0, "lambda_dec": 1e-7},
@@ -79,7 +79,7 @@ class BuildResult:
             figure = "degraded-mode accuracy" if self.measured_against == "labels" else "recovery accuracy"
             lines.append(f"{figure} {self.degraded_accuracy:.3f} against {self.measured_against} on "
                          f"{self.held_out_images} held-out images, {self.stragglers} worker(s) of a group missing"
-                         + (f" (deployed model: {self.available_accuracy:.3f})" if self.available_accuracy else ""))
+                         + ("" if self.available_accuracy is None else f" (deployed model: {self.available_accuracy:.3f})"))
         lines.append(f"serve: {self.serve_command}")
         return "\n".join(lines)
 
