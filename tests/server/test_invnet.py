@@ -23,7 +23,7 @@ from coded_serving.training.invnet import (
     FEATURES_ONNX, HEAD_FILE, backup_onnx, degraded_metrics, export_invnet, head_of, invnet_repository_spec, train_generator,
     train_invertible_classifier,
 )
-from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port
+from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 
 torch.set_num_threads(2)
@@ -173,7 +173,7 @@ def test_served_answers_equal_the_offline_computation(exported: tuple[Path, dict
     features, backup, head = _offline(exported[0], images)
     with ModelClient(served.config.http_url, NAME) as client:
         healthy = client.infer(images)
-        admin = http.InferenceServerClient(served.config.http_url)
+        admin = with_admin_key(http.InferenceServerClient(served.config.http_url), served.config.http_url)
         admin.unload_model(f"{NAME}_member_0")
         try:
             degraded = client.infer(images)
