@@ -1,4 +1,5 @@
-"""``coded-serving serve``: the real tritonserver on loopback, with the project's backends;
+"""``coded-serving build``: any ONNX model to a coded model repository;
+``coded-serving serve``: the real tritonserver on loopback, with the project's backends;
 ``coded-serving backends DIR``: lay out those backends for another server (the Docker image)."""
 
 from __future__ import annotations
@@ -38,7 +39,28 @@ def main(argv: list[str] | None = None) -> int:
     backends = commands.add_parser("backends", help="lay out the project's backends (Python-based ones and the "
                                    "compiled scheduler) in a server's backend directory")
     backends.add_argument("directory", type=Path, help="e.g. /opt/tritonserver/backends")
+    build = commands.add_parser(
+        "build", help="write a coded repository for any ONNX model (training-free codes in seconds; ParM trains "
+        "a parity model of the model's own architecture)",
+        description="Coded-InvNet needs an invertible deployed model, not any model: it has its own training "
+                    "command, export/train_invnet.py.")
+    build.add_argument("model", type=Path, help="the deployed model: an ONNX file with one input and a batch axis")
+    build.add_argument("--code", required=True, help="parm-addition, parm-concatenation, berrut or nercc")
+    build.add_argument("--k", type=int, required=True, help="queries per coding group")
+    build.add_argument("--stragglers", type=int, default=1,
+                       help="Berrut/NeRCC: extra workers, i.e. missing results tolerated per group")
+    build.add_argument("--images", type=Path, help=".npy of inputs shaped like the model's input batch: ParM trains "
+                       "on them; every code measures its degraded-mode accuracy on held-out ones")
+    build.add_argument("--labels", type=Path, help=".npy of class labels for --images (else accuracy is measured "
+                       "against the deployed model's own predictions)")
+    build.add_argument("--epochs", type=int, default=10, help="ParM training epochs")
+    build.add_argument("--name", help="the deployed model's name in the repository (default: the file's stem)")
+    build.add_argument("--deadline-ms", type=float, default=10.0)
+    build.add_argument("--accelerator", choices=["tensorrt"], help="GPU: ONNX Runtime's TensorRT provider")
+    build.add_argument("--repository", type=Path, required=True, help="where to write the model repository")
     args = parser.parse_args(argv)
+    if args.command == "build":
+        return build_command(args)
     if args.command == "backends":
         for backend in sorted(install_backends(args.directory).iterdir()):
             print(backend)
@@ -46,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(args.model_repository, args.host, args.http_port, args.grpc_port, args.metrics_port,
                           args.log_verbose, metrics_host=args.metrics_host, admin_key=args.admin_key)
     return serve_forever(config, args.log_file)
+
+
+def build_command(args: argparse.Namespace) -> int:
+    from coded_serving.training.build import build_repository  # torch is loaded only for this command
+
+    try:
+        result = build_repository(args.model, args.code, args.k, args.repository, stragglers=args.stragglers,
+                                  images=args.images, labels=args.labels, epochs=args.epochs, name=args.name,
+                                  deadline_ms=args.deadline_ms, accelerator=args.accelerator)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"coded-serving build: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
 
 
 def serve_forever(config: ServerConfig, log_file: Path | None) -> int:

@@ -127,3 +127,19 @@ def test_defaults_are_the_validated_ones_and_names_follow_triton_layout() -> Non
                                                "lambda_dec": 1e-7}
     assert default_name(Path("repo/resnet/1/model.onnx")) == "resnet"
     assert default_name(Path("exports/resnet18.onnx")) == "resnet18"
+
+
+def test_cli_build_prints_the_serve_command_and_names_bad_codes(model: Path, tmp_path: Path, capsys) -> None:
+    from coded_serving.cli import main
+
+    assert main(["build", str(model), "--code", "berrut", "--k", "2", "--repository", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert f"coded-serving serve --model-repository {tmp_path / 'r'}" in printed
+    assert (tmp_path / "r" / read_config_name(printed) / "config.pbtxt").is_file()
+    assert main(["build", str(model), "--code", "raid5", "--k", "2", "--repository", str(tmp_path / "x")]) == 2
+    assert "unknown code 'raid5'" in capsys.readouterr().err
+
+
+def read_config_name(printed: str) -> str:
+    """The ensemble the summary tells the user to query."""
+    return printed.split("query ")[1].split(" ")[0]
