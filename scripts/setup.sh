@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Idempotent setup shared by demo.sh and test.sh: the Fashion-MNIST Debian package, a project
-# venv with the package and its CPU dependencies, and the default model repository.
+# Idempotent setup shared by demo.sh and test.sh: the Fashion-MNIST Debian package, a C++ compiler,
+# a project venv with the package and its CPU dependencies, the scheduler backend compiled once, and
+# the default model repository.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# What apt must provide: the data set, venv's ensurepip (python3-venv, for a fresh .venv) and the shared
+# What apt must provide: the data set, g++ (the scheduler is a C++ Triton backend), venv's ensurepip (python3-venv, for a fresh .venv) and the shared
 # libpython that tritonserver's Python backend stub loads (some systems ship only the interpreter).
 missing=()
 [ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+command -v g++ >/dev/null || missing+=(g++)
 [ -x .venv/bin/python ] || python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 python3 -c '
@@ -38,6 +40,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install -q -e ".[cpu,export,load,test]"
   echo "$wanted" > "$stamp"
 fi
+
+# the one compiler command, run once per version of the scheduler's sources (cached in ~/.cache/coded-serving)
+.venv/bin/coded-serving backends build/backends >/dev/null
 
 if [ ! -e model_repository/lenet5_parm/config.pbtxt ]; then
   .venv/bin/python export/build_default.py

@@ -43,7 +43,7 @@ from coded_serving.deployment.builder import onnx_model, onnx_tensors
 from coded_serving.training.pipeline import ModelRecord, ParityModel, TrainingPlan, train_models
 from coded_serving.deployment.launcher import PROJECT_ROOT, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
-from coded_serving.specs import CodedEnsembleSpec, RepositorySpec
+from coded_serving.specs import CodedEnsembleSpec, RepositorySpec, codec_model_names
 from coded_serving.codes.stragglers import Pattern, available_mask, missing_slots, straggler_patterns
 from coded_serving.training.tuning import FAMILIES, CurveCase, Tuned, TuningGrid, file_digest, onnx_predict, tune_cases
 
@@ -300,7 +300,8 @@ class LiveExecutor:
     def prepare(self, entries: Iterable[Entry], pattern: Pattern) -> None:
         entries = list(entries)
         gone = {pool_worker(entry.arch, i) for entry in entries for i in pattern}
-        wanted = {entry.name for entry in entries} | ({m for entry in entries for m in entry.members()} - gone)
+        wanted = ({entry.name for entry in entries} | {m for entry in entries for m in codec_model_names(entry.name)}
+                  | ({m for entry in entries for m in entry.members()} - gone))
         for name in wanted - self.loaded:
             if not (self.live / name).exists():
                 shutil.copytree(self.written / name, self.live / name)
@@ -413,7 +414,7 @@ def measure(
 
 def benchmark_repository(entries: Sequence[Entry], onnx_dir: Path, deadline_ms: float,
                          max_batch: int) -> RepositorySpec:
-    """Pool workers and parity members (one instance each), and every entry's ensemble."""
+    """Pool workers and parity members (one instance each), and every entry's ensemble with its encoder and decoder."""
     onnx_dir = Path(onnx_dir)
     models: list = []
     for arch in sorted({entry.arch for entry in entries}):
@@ -422,12 +423,11 @@ def benchmark_repository(entries: Sequence[Entry], onnx_dir: Path, deadline_ms: 
                    for i in range(size)]
     parities = sorted({entry.parity.name for entry in entries if entry.learned})
     models += [dataclasses.replace(onnx_model(name, onnx_dir / f"{name}.onnx"), max_batch_size=max_batch) for name in parities]
-    models += [
-        CodedEnsembleSpec(entry.name, entry.code, entry.members(), *onnx_tensors(onnx_dir / f"{entry.arch}.onnx"),
-                          deadline_ms=deadline_ms,
-                          timeout_ms=2 * deadline_ms, max_batch_size=max_batch, instances=1)
-        for entry in entries
-    ]
+    for entry in entries:
+        ensemble = CodedEnsembleSpec(entry.name, entry.code, entry.members(),
+                                     *onnx_tensors(onnx_dir / f"{entry.arch}.onnx"), deadline_ms=deadline_ms,
+                                     timeout_ms=2 * deadline_ms, max_batch_size=max_batch)
+        models += [ensemble, *ensemble.codec_models()]
     return RepositorySpec(tuple(models))
 
 

@@ -36,8 +36,8 @@ from coded_serving.codes import CodeSpec
 from coded_serving.deployment.builder import coded_ensemble, onnx_model
 from coded_serving.runtime.faults import FaultInjection
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
-from coded_serving.deployment.config_writer import write_repository
-from coded_serving.specs import CodedEnsembleSpec, OnnxModelSpec, RepositorySpec
+from coded_serving.deployment.config_writer import model_config, write_repository
+from coded_serving.specs import OnnxModelSpec, RepositorySpec
 
 NO_REDUNDANCY = "no_redundancy"
 EQUAL_RESOURCES = "equal_resources"
@@ -45,7 +45,7 @@ CODED = "parm"
 
 
 def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2, deadline_ms: float = 10.0,
-                              service_ms: float = 0.0, coordinator_instances: int = 2) -> RepositorySpec:
+                              service_ms: float = 0.0) -> RepositorySpec:
     """The coded ensemble (ParM addition, k) and its uncoded baselines, with m = k data members;
     with ``service_ms``, every model execute waits that long (emulated accelerator time)."""
     models = (
@@ -58,7 +58,7 @@ def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2
     def configured(model):
         if isinstance(model, OnnxModelSpec):
             return replace(model, parameters=service)
-        return replace(model, instances=coordinator_instances) if isinstance(model, CodedEnsembleSpec) else model
+        return model
 
     return RepositorySpec(tuple(configured(model) for model in models))
 
@@ -268,7 +268,7 @@ class BenchmarkServer:
 
     def load(self, model: str, faults: FaultInjection | None = None) -> None:
         """(Re)load ``model`` from its spec, with ``faults`` instead of its own injection when given."""
-        config = json_format.MessageToDict(self.models[model].config(), preserving_proto_field_name=True)
+        config = json_format.MessageToDict(model_config(self.models[model]), preserving_proto_field_name=True)
         self.admin.load_model(model, config=json.dumps(config if faults is None else with_faults(config, faults)))
         (self._changed.add if faults else self._changed.discard)(model)
 
@@ -374,5 +374,5 @@ def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, o
     samples_path = out_dir / f"{scenario.slug}_samples.csv"
     if code != 0 or not samples_path.is_file():
         raise RuntimeError(f"locust failed (exit code {code}) in scenario {scenario.slug}; see {out_dir / scenario.slug}.log")
-    coded = bench.models[scenario.model].config().backend == "coded_ensemble"
+    coded = model_config(bench.models[scenario.model]).backend == "coded_ensemble"
     return summarize(scenario, Samples.from_csv(samples_path), cpu_s, load_average, coded)

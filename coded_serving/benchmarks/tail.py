@@ -66,8 +66,6 @@ class BenchmarkSettings:
     ))
     #: every model execute waits this long: emulated accelerator time (0: LeNet-5 on the CPU as it is)
     service_ms: float = 0.0
-    #: instances of the coded ensemble (each runs one execute at a time, waiting for its members)
-    coordinator_instances: int = 2
     contention_processes: int = 1
     failure_at_s: float = 8.0
     batches: tuple[int, ...] = (2, 4)
@@ -89,8 +87,7 @@ def system_descriptions(settings: BenchmarkSettings) -> dict[str, str]:
         HEDGED: f"`{EQUAL_RESOURCES}` again; the client sends a second copy when no answer came after "
                 f"{settings.hedge_ms:g} ms and keeps the first good answer",
         CODED: f"`{CODED}`: ParM coded ensemble, addition encoder, k={k}: {k} data members and 1 parity member "
-               f"(1 instance each), deadline {settings.deadline_ms:g} ms; the coordinator in "
-               f"{settings.coordinator_instances} instances",
+               f"(1 instance each), deadline {settings.deadline_ms:g} ms; the C++ scheduler",
     }
 
 
@@ -368,8 +365,7 @@ def run_benchmark(settings: BenchmarkSettings, deployed_onnx: Path, parity_onnx:
     started = time.monotonic()
     info_start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_average = os.getloadavg()
-    spec = benchmark_repository_spec(deployed_onnx, parity_onnx, settings.k, settings.deadline_ms, settings.service_ms,
-                                     settings.coordinator_instances)
+    spec = benchmark_repository_spec(deployed_onnx, parity_onnx, settings.k, settings.deadline_ms, settings.service_ms)
     scenarios = benchmark_scenarios(settings)
     results = []
     with BenchmarkServer(spec, workdir) as bench:

@@ -29,8 +29,11 @@ DEFAULT_PARITY_ONNX = "lenet5_parity_parm-addition_k2.onnx"
 
 
 def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
-    """The one input and first output of an ONNX file, without the batch axis (which must be dynamic)."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+    """The one input and first output of an ONNX file, without the batch axis (which must be dynamic).
+    Shapes come from ONNX's shape inference, so an exporter that left an output's size symbolic (a
+    Flatten, a Reshape) still yields the fixed dims Triton needs."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = onnx.shape_inference.infer_shapes(model).graph
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
     if len(inputs) != 1:
         raise ValueError(f"{path}: a coded ensemble serves models with one input, found {[i.name for i in inputs]}")
@@ -43,6 +46,9 @@ def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
         if not dims or dims[0] > 1:
             raise ValueError(f"{path}: tensor {value.name!r} has shape {dims}; its first axis must be the batch")
+        if -1 in dims[1:]:
+            raise ValueError(f"{path}: tensor {value.name!r} has shape {dims}; a coded ensemble needs every axis "
+                             "but the batch fixed (export the model with fixed input sizes)")
         return TensorSpec(value.name, ONNX_DTYPES[tensor.elem_type], tuple(dims[1:]))
 
     return spec(inputs[0]), spec(graph.output[0])

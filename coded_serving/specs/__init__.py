@@ -105,11 +105,11 @@ class CodedEnsembleSpec:
 
     @property
     def encoder_model(self) -> str:
-        return f"{self.name}_encoder"
+        return codec_model_names(self.name)[0]
 
     @property
     def decoder_model(self) -> str:
-        return f"{self.name}_decoder"
+        return codec_model_names(self.name)[1]
 
     def codec_models(self) -> tuple["CodecModelSpec", "CodecModelSpec"]:
         """The standalone encoder and decoder of this ensemble's code."""
@@ -118,6 +118,11 @@ class CodedEnsembleSpec:
             CodecModelSpec(self.decoder_model, "decoder", self.code, self.input, self.worker_output,
                            answer=self.output, files=self.files),
         )
+
+
+def codec_model_names(ensemble: str) -> tuple[str, str]:
+    """The names of a coded ensemble's encoder and decoder models."""
+    return f"{ensemble}_encoder", f"{ensemble}_decoder"
 
 
 @dataclass(frozen=True)

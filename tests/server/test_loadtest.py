@@ -14,6 +14,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from coded_serving.client import ModelClient
+from coded_serving.deployment.config_writer import model_config
 from coded_serving.runtime.faults import FaultInjection, FaultInjector
 from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
 from coded_serving.benchmarks.load import (
@@ -67,13 +68,11 @@ def test_service_time_is_waited_on_every_execute_with_any_delay_on_top():
 
 def test_benchmark_repository_with_service_time_gives_it_to_every_model_instance():
     spec = benchmark_repository_spec(DEFAULT_REPOSITORY / "lenet5/1/model.onnx",
-                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5,
-                                     coordinator_instances=4)
+                                     DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx", service_ms=5)
     served = {m.name: FaultInjection.from_parameters(
-        {k: v.string_value for k, v in m.config().parameters.items()}).service_ms for m in spec.models}
+        {k: v.string_value for k, v in model_config(m).parameters.items()}).service_ms for m in spec.models}
     assert served == {NO_REDUNDANCY: 5, EQUAL_RESOURCES: 5, f"{CODED}_member_0": 5, f"{CODED}_member_1": 5,
                       f"{CODED}_coded_0": 5, CODED: 0, f"{CODED}_encoder": 0, f"{CODED}_decoder": 0}
-    assert next(m for m in spec.models if m.name == CODED).instances == 4
     scenarios = benchmark_scenarios(BenchmarkSettings(service_ms=5))
     slow = [faults for s in scenarios if s.condition == SLOW for _, faults in s.faults]
     assert slow and all(faults.service_ms == 5 for faults in slow)  # the straggler comes on top
@@ -111,7 +110,7 @@ def bench(tmp_path_factory):
 
 
 def test_benchmark_repository_gives_every_system_its_resources(bench):
-    instances = {name: model.config().instance_group[0].count for name, model in bench.models.items()}
+    instances = {name: model_config(model).instance_group[0].count for name, model in bench.models.items()}
     assert instances[NO_REDUNDANCY] == 2 and instances[EQUAL_RESOURCES] == 3
     assert [instances[f"{CODED}_{member}"] for member in ("member_0", "member_1", "coded_0")] == [1, 1, 1]
     for model in (NO_REDUNDANCY, EQUAL_RESOURCES, CODED):

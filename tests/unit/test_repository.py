@@ -83,9 +83,19 @@ def test_builder_reads_any_shape_and_dtype_from_the_onnx_file(tmp_path):
     assert encoder.tensors()[0] == (TensorSpec("queries", "FP16", (2, 3, 224, 224)),)
 
 
-def test_builder_refuses_models_without_a_batch_axis(tmp_path):
+def test_builder_refuses_models_without_a_batch_axis_or_with_open_sizes(tmp_path):
     with pytest.raises(ValueError, match="first axis must be the batch"):
         onnx_tensors(toy_onnx(tmp_path / "fixed.onnx", [4, 10]))
+    with pytest.raises(ValueError, match="needs every axis but the batch fixed"):
+        onnx_tensors(toy_onnx(tmp_path / "open.onnx", ["batch", "width"]))
+
+
+def test_builder_infers_sizes_an_exporter_left_symbolic(tmp_path):
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "flat",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "features"])])
+    onnx.save(helper.make_model(graph), tmp_path / "flat.onnx")
+    assert onnx_tensors(tmp_path / "flat.onnx")[1] == TensorSpec("y", "FP32", (6,))
 
 
 def test_remote_members_are_local_proxies_of_the_workers_models(onnx_dir):
