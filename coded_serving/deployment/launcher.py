@@ -13,6 +13,7 @@ import functools
 import glob
 import ipaddress
 import os
+import queue
 import secrets
 import shutil
 import signal
@@ -20,10 +21,11 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,7 +364,35 @@ def _write_private(path: Path, text: str) -> Path:
 
 
 #: one long-lived thread starts every server (see ``_die_with_parent``)
-_spawner = ThreadPoolExecutor(1, thread_name_prefix="tritonserver-spawner")
+class _Spawner:
+    """One daemon thread that starts every server: the parent-death signal fires when the thread that
+    forked exits, so that thread lives as long as the launcher. A daemon, unlike a thread pool's
+    worker, never holds up the launcher's exit (nor deadlocks it where gevent patched threading)."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call, *args, **kwargs) -> Future:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tritonserver-spawner", daemon=True)
+                self._thread.start()
+        future: Future = Future()
+        self._jobs.put((functools.partial(call, *args, **kwargs), future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            call, future = self._jobs.get()
+            try:
+                future.set_result(call())
+            except BaseException as error:  # handed to the caller waiting on the future
+                future.set_exception(error)
+
+
+_spawner = _Spawner()
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 PR_SET_PDEATHSIG = 1
 
