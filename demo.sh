@@ -22,10 +22,20 @@ for _ in $(seq 300); do
   kill -0 $server 2>/dev/null || { echo "server failed to start; see build/tritonserver.log" >&2; exit 1; }
   sleep 0.5
 done
-.venv/bin/python client/query.py --model lenet5_parm --protocol http --url "127.0.0.1:$HTTP_PORT" --count 8
-.venv/bin/python client/query.py --model lenet5_parm --protocol grpc --url "127.0.0.1:$GRPC_PORT" --count 8 --first 8 --batch-size 4
+query() { .venv/bin/python client/query.py "$@"; echo; }
+echo "== the deployed model, direct"
+query --model lenet5 --protocol http --url "127.0.0.1:$HTTP_PORT" --count 4
+echo "== every coded ensemble with its measured figures (reports/default_models.json, export/build_default.py)"
+query --model lenet5_parm --protocol http --url "127.0.0.1:$HTTP_PORT" --count 8
+query --model lenet5_parm --protocol grpc --url "127.0.0.1:$GRPC_PORT" --count 8 --first 8 --batch-size 4
+query --model lenet5_nercc --protocol http --url "127.0.0.1:$HTTP_PORT" --count 8 --batch-size 8
+echo "== degraded mode: one member unloaded, its queries answered by the decoder"
+query --model lenet5_parm --protocol grpc --url "127.0.0.1:$GRPC_PORT" --http-url "127.0.0.1:$HTTP_PORT" \
+  --count 8 --batch-size 2 --unload lenet5_parm_member_0
+query --model lenet5_nercc --protocol http --url "127.0.0.1:$HTTP_PORT" --count 8 --batch-size 8 \
+  --unload lenet5_nercc_coded_3
 
 if [ "${1:-}" != "--once" ]; then
-  echo "still serving lenet5_parm on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC); Ctrl-C to stop"
+  echo "still serving lenet5, lenet5_parm and lenet5_nercc on 127.0.0.1:$HTTP_PORT (HTTP) and :$GRPC_PORT (gRPC); Ctrl-C to stop"
   wait $server
 fi

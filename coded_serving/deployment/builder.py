@@ -26,6 +26,13 @@ ONNX_DTYPES = {
 #: the shipped default: LeNet-5 on Fashion-MNIST and its ParM parity model (k=2), files in one folder
 DEFAULT_DEPLOYED_ONNX = "lenet5.onnx"
 DEFAULT_PARITY_ONNX = "lenet5_parity_parm-addition_k2.onnx"
+#: the shipped training-free code: NeRCC at K = 8 with one straggler (9 workers running the deployed model),
+#: the best one-straggler code at K = 8 in reports/accuracy.md (LeNet-5: NeRCC 0.785, Berrut 0.767); point
+#: set and lambdas as validation chose them there (section Tuning, "What is served")
+DEFAULT_NERCC = CodeSpec("nercc", 8, {"num_workers": 9, "worker_points": "approxifer", "lambda_enc": 3e-6,
+                                      "lambda_dec": 1e-7})
+#: the codes model_repository/ serves, by ensemble suffix: lenet5_parm, lenet5_nercc
+SHIPPED_CODES = ("parm", "nercc")
 
 
 def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
@@ -102,11 +109,25 @@ def deployment(
 
 
 def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
-                            deadline_ms: float = DEFAULT_DEADLINE_MS) -> RepositorySpec:
-    """LeNet-5 on Fashion-MNIST behind a ParM coded ensemble (addition encoder, k=2): ``lenet5_parm``."""
+                            deadline_ms: float = DEFAULT_DEADLINE_MS,
+                            codes: tuple[str, ...] = SHIPPED_CODES) -> RepositorySpec:
+    """The shipped repository: LeNet-5 on Fashion-MNIST served directly (``lenet5``) and behind each of
+    ``codes``: ``lenet5_parm`` (ParM, addition encoder, k=2, the parity model from ``onnx_dir``) and
+    ``lenet5_nercc`` (``DEFAULT_NERCC``: K=8, 9 workers running the deployed model). ``codes=("parm",)``
+    gives the smaller ParM-only repository (3 members instead of 12)."""
     onnx_dir = Path(onnx_dir)
-    return deployment("lenet5", CodeSpec("parm-addition", 2), onnx_dir / DEFAULT_DEPLOYED_ONNX,
-                      onnx_dir / DEFAULT_PARITY_ONNX, deadline_ms=deadline_ms, accelerator=accelerator)
+    unknown = set(codes) - set(SHIPPED_CODES)
+    if unknown or not codes:
+        raise ValueError(f"codes must be some of {SHIPPED_CODES}, got {codes}")
+    deployed = onnx_dir / DEFAULT_DEPLOYED_ONNX
+    models = deployment("lenet5", CodeSpec("parm-addition", 2), deployed, onnx_dir / DEFAULT_PARITY_ONNX,
+                        deadline_ms=deadline_ms, accelerator=accelerator).models
+    if "parm" not in codes:
+        models = models[:1]
+    if "nercc" in codes:
+        models += coded_ensemble("lenet5_nercc", DEFAULT_NERCC, deployed, deadline_ms=deadline_ms,
+                                 accelerator=accelerator)
+    return RepositorySpec(models)
 
 
 def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
@@ -120,8 +141,10 @@ def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
 def with_remote_members(models: tuple[ModelSpec, ...], worker_urls: list[str]) -> RepositorySpec:
     """A frontend: the coded ensemble of ``models`` with member i served by the Triton server at
     ``worker_urls[i]`` (host:port of its gRPC endpoint), under the same model name, through local
-    proxies. Every worker serves ``worker_repository(models)``."""
-    (ensemble,) = [m for m in models if isinstance(m, CodedEnsembleSpec)]
+    proxies. Every worker serves ``worker_repository(models)``. With several coded ensembles in ``models``
+    (the shipped repository), the first one is the frontend's (``lenet5_parm``)."""
+    ensemble = next(m for m in models if isinstance(m, CodedEnsembleSpec))
+    models = tuple(m for m in models if not isinstance(m, OnnxModelSpec) or m.name in ensemble.members)
     if len(worker_urls) != len(ensemble.members):
         raise ValueError(f"{ensemble.name} has {len(ensemble.members)} members, got {len(worker_urls)} worker urls")
     local = {m.name: m for m in models if isinstance(m, OnnxModelSpec)}

@@ -43,7 +43,19 @@ def toy_onnx(path: Path, shape: list, dtype=TensorProto.FLOAT) -> Path:
 def test_the_shipped_repository_has_the_default_models():
     names = {path.parent.name for path in SHIPPED_CONFIGS}
     assert {"lenet5", "lenet5_parm", "lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0",
-            "lenet5_parm_encoder", "lenet5_parm_decoder"} == names
+            "lenet5_parm_encoder", "lenet5_parm_decoder",
+            "lenet5_nercc", *(f"lenet5_nercc_coded_{j}" for j in range(9)), "lenet5_nercc_encoder",
+            "lenet5_nercc_decoder"} == names
+
+
+def test_the_default_spec_can_leave_codes_out(onnx_dir):
+    parm_only = {m.name for m in default_repository_spec(onnx_dir, codes=("parm",)).models}
+    assert parm_only == {"lenet5", "lenet5_parm", "lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0",
+                         "lenet5_parm_encoder", "lenet5_parm_decoder"}
+    nercc_only = {m.name for m in default_repository_spec(onnx_dir, codes=("nercc",)).models}
+    assert "lenet5" in nercc_only and "lenet5_nercc_coded_8" in nercc_only and not any("parm" in n for n in nercc_only)
+    with pytest.raises(ValueError, match="codes must be some of"):
+        default_repository_spec(onnx_dir, codes=("berrut",))
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS + CLUSTER_CONFIGS, ids=lambda p: str(p.parent.relative_to(PROJECT_ROOT)))
@@ -60,6 +72,8 @@ def test_every_shipped_config_parses_and_names_a_project_backend(path):
 def test_shipped_repository_is_what_the_builder_writes(onnx_dir, tmp_path):
     """model_repository/ is generated, never edited by hand: rewriting it from its ONNX files changes nothing."""
     written = write_repository(default_repository_spec(onnx_dir), tmp_path / "repo")
+    assert sorted(p.relative_to(written) for p in written.glob("*/config.pbtxt")) == [
+        p.relative_to(DEFAULT_REPOSITORY) for p in SHIPPED_CONFIGS]
     for path in SHIPPED_CONFIGS:
         assert (written / path.parent.name / "config.pbtxt").read_text() == path.read_text()
 
