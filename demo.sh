@@ -22,7 +22,13 @@ for _ in $(seq 300); do
   kill -0 $server 2>/dev/null || { echo "server failed to start; see build/tritonserver.log" >&2; exit 1; }
   sleep 0.5
 done
+curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null || {
+  echo "server not ready after 150 s; see build/tritonserver.log" >&2; exit 1; }
 query() { .venv/bin/python client/query.py "$@"; echo; }
+# first calls start each member's ONNX session: warm every ensemble up so the shown latencies are steady
+for model in lenet5_parm lenet5_nercc; do
+  query --model "$model" --url "127.0.0.1:$HTTP_PORT" --count 16 --batch-size 8 >/dev/null
+done
 echo "== the deployed model, direct"
 query --model lenet5 --protocol http --url "127.0.0.1:$HTTP_PORT" --count 4
 echo "== every coded ensemble with its measured figures (reports/default_models.json, export/build_default.py)"
