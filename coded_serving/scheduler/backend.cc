@@ -1,11 +1,11 @@
-// The backend's entry points: load checks, and an execute that hands its requests to a
-// fan-out and returns at once (the backend owns them until they are answered).
+// The backend's entry points: load checks, and an execute that hands its requests to the
+// scheduler and returns at once (the backend owns them until they are answered).
 #include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "fanout.h"
+#include "client.h"
 #include "fastpath.h"
 #include "model.h"
 #include "triton_util.h"
@@ -41,7 +41,8 @@ struct Rejection {
 
 // The request's queries, or why it cannot be served. Names, dtypes and shapes are checked by
 // Triton against the config before execute; values are not.
-std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_Request* request, Rejection& rejection) {
+std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request,
+                                      uint64_t start, Rejection& rejection) {
   const TensorDesc& desc = model.config.input;
   const std::string where = "input '" + desc.name + "': ";
   TRITONBACKEND_Input* input = nullptr;
@@ -91,7 +92,7 @@ std::shared_ptr<ClientRequest> accept(ModelState& model, TRITONBACKEND_Request* 
                                                      " queries; try again later"};
     return nullptr;
   }
-  return std::make_shared<ClientRequest>(request, std::move(rows), n, model.config.output.row_bytes());
+  return std::make_shared<ClientRequest>(request, instance, start, std::move(rows), n, model.config.output.row_bytes());
 }
 
 }  // namespace
@@ -154,7 +155,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       Rejection rejection{TRITONSERVER_ERROR_INTERNAL, ""};
       std::shared_ptr<ClientRequest> client;
       try {
-        client = accept(model, requests[r], rejection);
+        client = accept(model, instance, requests[r], start, rejection);
       } catch (const TritonFailure& failure) {
         rejection.message = failure.what();
       }
@@ -165,7 +166,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
       }
       reject(instance, requests[r], rejection.code, rejection.message, start);
     }
-    if (!clients.empty()) Fanout::start(model, instance, std::move(clients), start);
+    if (!clients.empty()) model.scheduler.submit(clients);
   } catch (const std::exception& failure) {
     log(TRITONSERVER_LOG_ERROR, std::string("coded_ensemble execute: ") + failure.what());
   }

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 
@@ -180,7 +181,28 @@ EnsembleConfig EnsembleConfig::from_model_config(const std::string& text) {
   if (!c.postprocess_by_decoder && (c.member_output.dtype != c.output.dtype || c.member_output.dims != c.output.dims))
     bad("member_output", "differs from output '" + c.output.name + "', which needs postprocess 'decoder'");
 
+  std::string workers = p.text("worker_models", "");
+  if (!workers.empty()) {
+    for (const auto& pair : split(workers)) {
+      size_t colon = pair.find(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == pair.size())
+        bad("worker_models", "expected deployed_model:parity_model per worker, got '" + pair + "'");
+      c.worker_models.emplace_back(pair.substr(0, colon), pair.substr(colon + 1));
+    }
+    if (static_cast<int>(c.worker_models.size()) != c.num_workers()) bad("worker_models", "one entry per member needed");
+    if (!(c.systematic && c.num_coded() == 1))
+      bad("worker_models", "redundancy on every worker needs a systematic code with one coded worker");
+  }
   c.deadline_s = p.number("deadline_ms", "20", 0) / 1000;
+  // without a lower bound the deadline stays fixed at deadline_ms
+  c.deadline_min_s = std::min(c.deadline_s, p.number("deadline_min_ms", "1e300", 0) / 1000);
+  c.deadline_percentile = p.number("deadline_percentile", "95", 0);
+  if (c.deadline_percentile > 100) bad("deadline_percentile", "must be at most 100");
+  c.deadline_margin = p.number("deadline_margin", "1.5", 0);
+  c.deadline_window = p.integer("deadline_window", "200", 1);
+  c.group_close_s = p.number("group_close_us", "2000", 0) / 1e6;
+  c.copy_when_idle = p.choice("copy_when_idle", "false", {"true", "false"}) == "true";
+  c.calls_per_worker = p.integer("calls_per_worker", "1", 1);
   c.timeout_s = p.number("timeout_ms", "5000", 0) / 1000;
   if (c.timeout_s <= 0) bad("timeout_ms", "must be positive");
   c.suspend_after_misses = p.integer("suspend_after_misses", "3", 0);

@@ -4,32 +4,17 @@
 
 namespace coded {
 
-Layout Layout::for_queries(int num_queries, int k) {
-  Layout layout;
-  layout.k = k;
-  layout.num_queries = num_queries;
-  int groups = (num_queries + k - 1) / k;
-  int tail = num_queries - (groups - 1) * k;
-  for (int g = 0; g < groups; ++g)
-    for (int i = 0; i < k; ++i)
-      layout.slots.push_back(g < groups - 1 ? g * k + i : (groups - 1) * k + i % tail);
-  return layout;
-}
-
-int Layout::min_copies() const {
-  std::vector<int> copies(num_queries, 0);
-  for (int query : slots) ++copies[query];
-  return *std::min_element(copies.begin(), copies.end());
-}
-
 MemberHealth::MemberHealth(int workers, int suspend_after, double probe_interval_s)
     : suspend_after_(suspend_after), probe_interval_s_(probe_interval_s), misses_(workers), next_probe_(workers) {}
 
 bool MemberHealth::callable(int worker, double now) {
-  if (suspend_after_ <= 0 || misses_[worker] < suspend_after_) return true;
-  if (now < next_probe_[worker]) return false;
-  next_probe_[worker] = now + probe_interval_s_;
+  if (suspended(worker, now)) return false;
+  if (suspend_after_ > 0 && misses_[worker] >= suspend_after_) next_probe_[worker] = now + probe_interval_s_;
   return true;
+}
+
+bool MemberHealth::suspended(int worker, double now) const {
+  return suspend_after_ > 0 && misses_[worker] >= suspend_after_ && now < next_probe_[worker];
 }
 
 void MemberHealth::answered(int worker) { misses_[worker] = 0; }
@@ -38,174 +23,156 @@ void MemberHealth::missed(int worker, double now) {
   if (++misses_[worker] == suspend_after_) next_probe_[worker] = now + probe_interval_s_;
 }
 
-Plan Planner::plan(const Layout& layout, double now) {
-  Plan plan;
-  if (!(code_.systematic && layout.min_copies() > code_.num_coded())) {
-    for (int w = 0; w < code_.num_workers; ++w) plan.called.push_back(w);
-  } else {
-    ++turn_;
-    for (int query = 0; query < layout.num_queries; ++query) {
-      std::vector<int> holders;
-      for (int slot = 0; slot < code_.k; ++slot)
-        if (layout.at(0, slot) == query) holders.push_back(slot);
-      std::rotate(holders.begin(), holders.begin() + turn_ % holders.size(), holders.end());
-      plan.called.push_back(*std::min_element(holders.begin(), holders.end(),
-                                              [&](int a, int b) { return in_flight_[a] < in_flight_[b]; }));
-    }
-    for (int w = 0; w < code_.k; ++w)
-      if (std::find(plan.called.begin(), plan.called.end(), w) == plan.called.end()) plan.reserved.push_back(w);
-  }
-  for (int worker : std::vector<int>(plan.called)) {
-    if (health_->callable(worker, now)) continue;
-    plan.called.erase(std::find(plan.called.begin(), plan.called.end(), worker));
-    plan.reasons[worker] = "suspended after " + std::to_string(health_->suspend_after()) + " consecutive misses";
-    // a copy of the same query, on a member in good health
-    auto stand_in = std::find_if(plan.reserved.begin(), plan.reserved.end(), [&](int r) {
-      return layout.at(0, r) == layout.at(0, worker) && health_->callable(r, now);
-    });
-    if (stand_in != plan.reserved.end()) {
-      plan.called.push_back(*stand_in);
-      plan.reserved.erase(stand_in);
-    }
-    plan.reserved.push_back(worker);
-  }
-  return plan;
-}
-
-Race::Race(CodeShape code, Layout layout, const Plan& plan, double deadline_s, double timeout_s, double now)
+Race::Race(CodeShape code, double deadline_s, double timeout_s, double now)
     : code_(code),
-      layout_(std::move(layout)),
       deadline_s_(deadline_s),
       timeout_(now + std::max(timeout_s, deadline_s)),
       now_(now),
-      state_(code.num_workers, Call::Skipped),
+      slots_(code.k, -1),
+      state_(code.num_workers, Call::Waiting),
       deadline_(code.num_workers, now),
       reasons_(code.num_workers),
-      available_(layout_.groups() * code.num_workers, false),
-      decoding_(layout_.groups(), false),
-      answered_(layout_.num_queries, false),
-      failed_(layout_.num_queries, false),
-      reconstructed_(layout_.num_queries, false) {
-  for (int w : plan.reserved) state_[w] = Call::Reserved;
-  for (const auto& [w, reason] : plan.reasons) reasons_[w] = reason;
-  for (int w : plan.called) call(w);
+      available_(code.num_workers, false),
+      answered_(code.k, false),
+      failed_(code.k, false),
+      reconstructed_(code.k, false) {}
+
+int Race::add_query(double now) {
+  now_ = now;
+  int query = num_queries_++;
+  slots_[query] = query;
+  if (code_.systematic) call(query);
+  return query;
 }
 
-void Race::call(int worker) {
-  state_[worker] = Call::Pending;
-  deadline_[worker] = now_ + deadline_s_;
-  reasons_[worker].clear();
-  to_call_.push_back(worker);
+void Race::close(double now, bool copies_now) {
+  now_ = now;
+  open_ = false;
+  for (int slot = num_queries_; slot < code_.k; ++slot) slots_[slot] = slot % num_queries_;
+  const int min_copies = code_.k / num_queries_;
+  const bool lone = code_.systematic && min_copies > code_.num_coded();
+  for (int role = 0; role < code_.num_workers; ++role) {
+    if (state_[role] != Call::Waiting) continue;
+    if (lone && !code_.is_original(role))
+      state_[role] = Call::Skipped;
+    else if (lone && !copies_now)
+      state_[role] = Call::Reserved;
+    else
+      call(role);
+  }
 }
 
-std::vector<Fill> Race::on_answer(int worker, const std::vector<bool>& usable) {
+void Race::call(int role) {
+  state_[role] = Call::Pending;
+  deadline_[role] = now_ + deadline_s_;
+  reasons_[role].clear();
+  to_call_.push_back(role);
+}
+
+std::vector<Fill> Race::on_answer(int role, bool usable) {
   std::vector<Fill> fills;
-  if (state_[worker] != Call::Pending) return fills;
-  state_[worker] = Call::Answered;
-  for (int g = 0; g < layout_.groups(); ++g) {
-    available_[g * code_.num_workers + worker] = usable[g];
-    bool original = usable[g] && code_.systematic && worker < code_.k && !code_.postprocess;
-    int query = original ? layout_.at(g, worker) : -1;
-    if (original && !resolved(query)) {
-      answered_[query] = true;
-      fills.push_back({query, g, worker, false});
-    }
+  if (state_[role] != Call::Pending) return fills;
+  state_[role] = Call::Answered;
+  available_[role] = usable;
+  if (usable && code_.is_original(role) && !code_.postprocess && !resolved(slots_[role])) {
+    answered_[slots_[role]] = true;
+    fills.push_back({slots_[role], role, false});
   }
   return fills;
 }
 
-void Race::on_failure(int worker, const std::string& reason) {
-  if (state_[worker] != Call::Pending) return;
-  state_[worker] = Call::Failed;
-  reasons_[worker] = reason;
+void Race::on_failure(int role, const std::string& reason) {
+  if (state_[role] != Call::Pending) return;
+  state_[role] = Call::Failed;
+  reasons_[role] = reason;
 }
 
-std::vector<Fill> Race::on_decoded(const std::vector<int>& groups) {
+void Race::on_held_back(int role, const std::string& reason) {
+  if (state_[role] != Call::Pending) return;
+  state_[role] = Call::Reserved;
+  reasons_[role] = reason;
+}
+
+std::vector<Fill> Race::on_decoded() {
   std::vector<Fill> fills;
-  for (int g : groups) {
-    const std::vector<bool>& mask = decode_mask_.at(g);
-    for (int slot = 0; slot < code_.k; ++slot) {
-      int query = layout_.at(g, slot);
-      if (resolved(query)) continue;
-      bool original = false;
-      for (int i = 0; i < code_.k && code_.systematic; ++i) original |= layout_.at(g, i) == query && mask[i];
-      answered_[query] = true;
-      reconstructed_[query] = !original;
-      fills.push_back({query, g, slot, !original});
-    }
+  for (int slot = 0; slot < code_.k; ++slot) {
+    int query = slots_[slot];
+    if (resolved(query)) continue;
+    bool original = false;
+    for (int i = 0; i < code_.k && code_.systematic; ++i) original |= slots_[i] == query && decode_mask_[i];
+    answered_[query] = true;
+    reconstructed_[query] = !original;
+    fills.push_back({query, slot, !original});
   }
   return fills;
 }
 
-void Race::on_decode_failed(const std::vector<int>& groups, const std::string& reason) {
-  for (int g : groups)
-    for (int slot = 0; slot < code_.k; ++slot) {
-      int query = layout_.at(g, slot);
-      if (resolved(query)) continue;
-      failed_[query] = true;
-      errors_.emplace_back(query, reason);
-    }
+void Race::on_decode_failed(const std::string& reason) {
+  for (int query = 0; query < num_queries_; ++query) {
+    if (resolved(query)) continue;
+    failed_[query] = true;
+    errors_.emplace_back(query, reason);
+  }
 }
 
-bool Race::settled(int worker) const { return state_[worker] != Call::Pending || now_ >= deadline_[worker]; }
+bool Race::settled(int role) const {
+  return state_[role] != Call::Pending || now_ >= deadline_[role];
+}
 
-bool Race::decodable(int group) const {
+bool Race::decodable() const {
+  if (open_) return false;
   int count = 0;
-  for (int w = 0; w < code_.num_workers; ++w) {
-    if (!settled(w)) return false;
-    count += available(group, w);
+  for (int role = 0; role < code_.num_workers; ++role) {
+    if (!settled(role)) return false;
+    count += available_[role];
   }
   return count >= code_.min_available;
 }
 
-bool Race::has_original(int group, int query) const {
+bool Race::has_original(int query) const {
   for (int slot = 0; slot < code_.k && code_.systematic; ++slot)
-    if (layout_.at(group, slot) == query && available(group, slot)) return true;
+    if (slots_[slot] == query && available_[slot]) return true;
   return false;
 }
 
-bool Race::all_originals(int group) const {
-  for (int slot = 0; slot < code_.k; ++slot)
-    if (!has_original(group, layout_.at(group, slot))) return false;
+bool Race::all_originals() const {
+  for (int query = 0; query < num_queries_; ++query)
+    if (!has_original(query)) return false;
   return true;
 }
 
-bool Race::needs_decode(int group) const {
-  if (code_.postprocess) return all_originals(group) || decodable(group);
-  return !all_originals(group) && decodable(group);
+bool Race::needs_decode() const {
+  if (open_) return false;
+  if (code_.postprocess) return all_originals() || decodable();
+  return !all_originals() && decodable();
 }
 
-bool Race::group_resolved(int group) const {
-  for (int slot = 0; slot < code_.k; ++slot)
-    if (!resolved(layout_.at(group, slot))) return false;
+bool Race::all_resolved() const {
+  for (int query = 0; query < num_queries_; ++query)
+    if (!resolved(query)) return false;
   return true;
 }
 
 bool Race::wants_reserves() const {
+  if (open_ || decoding_ || all_resolved() || all_originals() || decodable()) return false;
   bool any_reserved = false, any_pending = false, any_missing = false;
-  for (int w = 0; w < code_.num_workers; ++w) {
-    any_reserved |= state_[w] == Call::Reserved;
-    any_pending |= state_[w] == Call::Pending;
-    any_missing |= state_[w] == Call::Failed || (state_[w] == Call::Pending && now_ >= deadline_[w]);
+  for (int role = 0; role < code_.num_workers; ++role) {
+    any_reserved |= state_[role] == Call::Reserved;
+    any_pending |= state_[role] == Call::Pending;
+    any_missing |= state_[role] == Call::Failed || (state_[role] == Call::Pending && now_ >= deadline_[role]) ||
+                   (state_[role] == Call::Answered && !available_[role]);
   }
-  if (!any_reserved) return false;
-  for (int g = 0; g < layout_.groups(); ++g) {
-    if (decoding_[g] || group_resolved(g) || all_originals(g) || decodable(g)) continue;
-    bool row_lost = false;
-    for (int w = 0; w < code_.num_workers; ++w) row_lost |= state_[w] == Call::Answered && !available(g, w);
-    if (any_missing || row_lost || !any_pending) return true;
-  }
-  return false;
+  return any_reserved && (any_missing || !any_pending);
 }
 
-std::string Race::failure_message(int group) const {
+std::string Race::failure_message() const {
   std::string reasons;
-  for (int w = 0; w < code_.num_workers; ++w) {
-    if (state_[w] == Call::Skipped || available(group, w)) continue;
-    std::string why = !reasons_[w].empty()           ? reasons_[w]
-                      : state_[w] == Call::Answered ? "returned non-finite values"
-                                                    : "no answer in time";
-    reasons += (reasons.empty() ? "" : "; ") + ("worker " + std::to_string(w) + ": " + why);
+  for (int role = 0; role < code_.num_workers; ++role) {
+    if (state_[role] == Call::Skipped || available_[role]) continue;
+    std::string why = !reasons_[role].empty()          ? reasons_[role]
+                      : state_[role] == Call::Answered ? "returned non-finite values"
+                                                       : "no answer in time";
+    reasons += (reasons.empty() ? "" : "; ") + ("role " + std::to_string(role) + ": " + why);
   }
   return "no answer and no reconstruction possible (" + reasons + ")";
 }
@@ -215,44 +182,156 @@ Actions Race::poll(double now) {
   now_ = now;
   if (finished_) return actions;
   if (wants_reserves()) {
-    for (int w = 0; w < code_.num_workers; ++w)
-      if (state_[w] == Call::Reserved) call(w);
+    for (int role = 0; role < code_.num_workers; ++role)
+      if (state_[role] == Call::Reserved) call(role);
     timeout_ = std::max(timeout_, now_ + deadline_s_);
   }
   actions.call.swap(to_call_);
   bool any_pending = false;
-  for (int w = 0; w < code_.num_workers; ++w) any_pending |= state_[w] == Call::Pending;
-  for (int g = 0; g < layout_.groups(); ++g) {
-    if (group_resolved(g)) continue;
-    if (!decoding_[g] && needs_decode(g)) {
-      decoding_[g] = true;
-      std::vector<bool>& mask = decode_mask_[g];
-      for (int w = 0; w < code_.num_workers; ++w) mask.push_back(available(g, w));
-      actions.decode.push_back(g);
-    } else if (now_ >= timeout_ || (!decoding_[g] && !any_pending)) {
-      on_decode_failed({g}, failure_message(g));
+  for (int role = 0; role < code_.num_workers; ++role) any_pending |= state_[role] == Call::Pending;
+  if (!open_ && !all_resolved()) {
+    if (!decoding_ && needs_decode()) {
+      decoding_ = actions.decode = true;
+      decode_mask_ = available_;
+    } else if (now_ >= timeout_ || (!decoding_ && !any_pending)) {
+      on_decode_failed(failure_message());
     }
   }
   actions.errors.swap(errors_);
-  bool all_resolved = true;
-  for (int q = 0; q < layout_.num_queries; ++q) all_resolved &= resolved(q);
-  if (all_resolved) {
+  if (!open_ && all_resolved()) {
     finished_ = actions.finished = true;
-    for (int w = 0; w < code_.num_workers; ++w)
-      if (state_[w] == Call::Pending) actions.cancel.push_back(w);
+    for (int role = 0; role < code_.num_workers; ++role)
+      if (state_[role] == Call::Pending) actions.cancel.push_back(role);
     return actions;
   }
-  for (int w = 0; w < code_.num_workers; ++w)
-    if (state_[w] == Call::Pending && deadline_[w] > now_) actions.wakeup = std::min(actions.wakeup, deadline_[w]);
-  actions.wakeup = std::min(actions.wakeup, timeout_);
+  for (int role = 0; role < code_.num_workers; ++role)
+    if (state_[role] == Call::Pending && deadline_[role] > now_) actions.wakeup = std::min(actions.wakeup, deadline_[role]);
+  if (!open_) actions.wakeup = std::min(actions.wakeup, timeout_);
   return actions;
 }
 
-std::vector<int> Race::late_workers(double now) const {
+std::vector<int> Race::late_roles(double now) const {
   std::vector<int> late;
-  for (int w = 0; w < code_.num_workers; ++w)
-    if (state_[w] == Call::Pending && now >= deadline_[w]) late.push_back(w);
+  for (int role = 0; role < code_.num_workers; ++role)
+    if (state_[role] == Call::Pending && now >= deadline_[role]) late.push_back(role);
   return late;
+}
+
+bool Placement::runs(int worker, int role) const {
+  if (every_worker) return true;
+  if (code.is_original(role)) return worker < code.k;
+  return worker == role;
+}
+
+int Placement::preferred(uint64_t group, int role, int turn) const {
+  if (every_worker) return static_cast<int>((group + role) % code.num_workers);
+  return code.is_original(role) ? (role + turn) % code.k : role;
+}
+
+Dispatcher::Dispatcher(Placement placement, int calls_per_worker, int max_batch, MemberHealth* health)
+    : placement_(placement),
+      calls_per_worker_(calls_per_worker),
+      max_batch_(max_batch),
+      health_(health),
+      in_flight_(placement.code.num_workers, 0) {}
+
+bool Dispatcher::used(uint64_t group, int worker) const {
+  auto it = used_.find(group);
+  return it != used_.end() && it->second[worker];
+}
+
+std::vector<int> Dispatcher::candidates(const Task& task) const {
+  std::vector<int> workers;
+  for (int w = 0; w < placement_.code.num_workers; ++w)
+    if (placement_.runs(w, task.role) && !used(task.group, w)) workers.push_back(w);
+  return workers;
+}
+
+bool Dispatcher::free_peer(const Task& task, int except, double now) const {
+  for (int w : candidates(task))
+    if (w != except && in_flight_[w] < calls_per_worker_ && (task.forced || !health_->suspended(w, now))) return true;
+  return false;
+}
+
+std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable) {
+  std::vector<Assignment> assignments;
+  const int workers = placement_.code.num_workers;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    std::vector<int> options = candidates(*it);
+    bool all_suspended = !it->forced;
+    for (int w : options) all_suspended &= health_->suspended(w, now);
+    if (options.empty() || all_suspended) {
+      (options.empty() ? unplaceable : held_back).push_back(*it);
+      it = queue_.erase(it);
+      continue;
+    }
+    const int start = it->preferred;
+    std::sort(options.begin(), options.end(), [&](int a, int b) {
+      if (in_flight_[a] != in_flight_[b]) return in_flight_[a] < in_flight_[b];
+      return (a - start + workers) % workers < (b - start + workers) % workers;
+    });
+    int chosen = -1;
+    for (int w : options)
+      if (in_flight_[w] < calls_per_worker_ && (it->forced || health_->callable(w, now))) {
+        chosen = w;
+        break;
+      }
+    if (chosen < 0) {
+      ++it;
+      continue;
+    }
+    ++in_flight_[chosen];
+    Assignment assignment{chosen, {}};
+    const int model = placement_.model(it->role);
+    for (auto take = it; take != queue_.end() && static_cast<int>(assignment.tasks.size()) < max_batch_;) {
+      bool fits = placement_.model(take->role) == model && placement_.runs(chosen, take->role) &&
+                  !used(take->group, chosen) &&
+                  (take == it || take->preferred == chosen || !free_peer(*take, chosen, now));
+      if (!fits) {
+        ++take;
+        continue;
+      }
+      std::vector<bool>& marks = used_[take->group];
+      marks.resize(workers, false);
+      marks[chosen] = true;
+      assignment.tasks.push_back(*take);
+      take = queue_.erase(take);
+    }
+    assignments.push_back(std::move(assignment));
+    it = queue_.begin();  // a worker that was busy for the earlier tasks may be the chosen one's peer
+  }
+  return assignments;
+}
+
+void Dispatcher::forget(uint64_t group) {
+  used_.erase(group);
+  queue_.erase(std::remove_if(queue_.begin(), queue_.end(), [&](const Task& t) { return t.group == group; }),
+               queue_.end());
+}
+
+bool Dispatcher::idle_worker_for(uint64_t group, int role, double now) const {
+  for (int w = 0; w < placement_.code.num_workers; ++w)
+    if (placement_.runs(w, role) && !used(group, w) && in_flight_[w] == 0 && !health_->suspended(w, now)) return true;
+  return false;
+}
+
+AdaptiveDeadline::AdaptiveDeadline(double min_s, double max_s, double percentile, double margin, int window)
+    : min_s_(std::min(min_s, max_s)), max_s_(max_s), percentile_(percentile), margin_(margin), window_(window),
+      deadline_(max_s) {}
+
+void AdaptiveDeadline::record(double latency_s) {
+  if (recent_.size() < window_) {
+    recent_.push_back(latency_s);
+  } else {
+    recent_[next_] = latency_s;
+    next_ = (next_ + 1) % window_;
+  }
+  // a percentile of too few calls says nothing about the tail
+  if (recent_.size() < std::min<size_t>(window_, 20)) return;
+  std::vector<double> sorted(recent_);
+  size_t index = std::min(sorted.size() - 1, static_cast<size_t>(percentile_ / 100.0 * sorted.size()));
+  std::nth_element(sorted.begin(), sorted.begin() + index, sorted.end());
+  deadline_ = std::clamp(sorted[index] * margin_, min_s_, max_s_);
 }
 
 }  // namespace coded

@@ -1,7 +1,10 @@
-// The scheduler's decisions, without Triton: coding groups, who is called, the race of
-// originals against decodes, and each member's health. Not thread-safe: callers lock.
+// The scheduler's decisions, without Triton: one coding group's race of originals against
+// its decode, which worker runs which task, each member's health, and the deadline.
+// Not thread-safe: callers lock.
 #pragma once
 
+#include <cstdint>
+#include <deque>
 #include <limits>
 #include <map>
 #include <string>
@@ -10,27 +13,16 @@
 
 namespace coded {
 
-// Queries laid out in coding groups: slot i of group g holds query at(g, i). A partial last
-// group is filled with copies of its own queries instead of waiting for more traffic.
-struct Layout {
-  int k = 0;
-  int num_queries = 0;
-  std::vector<int> slots;
-
-  static Layout for_queries(int num_queries, int k);
-  int groups() const { return static_cast<int>(slots.size()) / k; }
-  int at(int group, int slot) const { return slots[group * k + slot]; }
-  int min_copies() const;  // slots held by the least replicated query
-  int padded_slots() const { return static_cast<int>(slots.size()) - num_queries; }
-};
-
+// Roles of a coding group: role i < k carries slot i's query unchanged (systematic codes),
+// the others a coded query. Non-systematic codes have only coded roles.
 struct CodeShape {
   int k = 0;
   int num_workers = 0;
   bool systematic = true;
-  int min_available = 0;        // a group decodes iff at least this many of its workers answered
+  int min_available = 0;        // a group decodes iff at least this many of its roles answered
   bool postprocess = false;     // every answer, originals included, comes from the decoder
   int num_coded() const { return num_workers - (systematic ? k : 0); }
+  bool is_original(int role) const { return systematic && role < k; }
 };
 
 // A circuit breaker per member: after suspend_after consecutive misses (errors or late
@@ -39,6 +31,7 @@ class MemberHealth {
  public:
   MemberHealth(int workers, int suspend_after, double probe_interval_s);
   bool callable(int worker, double now);  // schedules the next probe when it grants one
+  bool suspended(int worker, double now) const;  // not callable, not even for a probe
   void answered(int worker);
   void missed(int worker, double now);
   int suspend_after() const { return suspend_after_; }
@@ -50,105 +43,165 @@ class MemberHealth {
   std::vector<double> next_probe_;
 };
 
-struct Plan {
-  std::vector<int> called;
-  std::vector<int> reserved;  // called only if the others leave a query without an answer
-  std::map<int, std::string> reasons;  // why a worker was held back
-};
+enum class Call { Waiting, Pending, Answered, Failed, Skipped, Reserved };
 
-// Decides which workers a fan-out calls. Shared by every fan-out of a model: it keeps the
-// calls in flight per member and whose turn it is.
-class Planner {
- public:
-  Planner(CodeShape code, MemberHealth* health) : code_(code), health_(health), in_flight_(code.num_workers) {}
-
-  // Every worker, unless each query fills more slots than there are coded workers (a lone
-  // query padded with its copies): then one data worker per query, the one with the fewest
-  // calls in flight (taking turns among equals); its copies are reserves and the coded
-  // workers are not called, since losing every copy is more than the code can decode.
-  Plan plan(const Layout& layout, double now);
-  void sent(int worker) { ++in_flight_[worker]; }
-  void returned(int worker) { --in_flight_[worker]; }
-
- private:
-  CodeShape code_;
-  MemberHealth* health_;
-  std::vector<int> in_flight_;
-  unsigned turn_ = 0;
-};
-
-enum class Call { Pending, Answered, Failed, Skipped, Reserved };
-
-// A query's answer: copy row `group` of worker `slot`'s output (an original), or row
-// `group`, slot `slot` of the decoder's estimates.
+// A query's answer: the row of role `role` (an original, from on_answer), or the decoder's
+// estimate for slot `role` (from on_decoded).
 struct Fill {
   int query;
-  int group;
-  int slot;
+  int role;
   bool reconstructed;
 };
 
 struct Actions {
-  std::vector<int> call;    // workers to send now
-  std::vector<int> decode;  // groups to decode now (Race::decode_mask says with what)
+  std::vector<int> call;    // roles to send now
+  bool decode = false;      // decode now (Race::decode_mask says with what)
   std::vector<std::pair<int, std::string>> errors;  // queries that get an error
-  bool finished = false;    // reported once, when every query is answered or failed
-  std::vector<int> cancel;  // with finished: calls no group needs any more
+  bool finished = false;    // reported once, when the group is closed and every query answered or failed
+  std::vector<int> cancel;  // with finished: calls no query needs any more
   double wakeup = std::numeric_limits<double>::infinity();  // when poll may decide more
 };
 
-// The race of one fan-out. A query is answered by its original as soon as that arrives. A
-// group whose missing workers failed or passed their deadline is decoded once every worker
-// has answered, failed or passed its deadline and at least min_available of them answered
-// (deadline 0 is ParM's pure race). Reserves are called once a group has lost an original
-// and cannot be decoded without them. Queries unanswered at the timeout get an error.
+// The race of one coding group, formed as queries stream in (ParM's frontend). While open,
+// each query that joins takes the next slot and, with a systematic code, its original is
+// called at once. At close, free slots are filled with copies of the group's own queries:
+// when every query then fills more slots than there are coded roles (a lone query at k = 2)
+// the code could not decode a lost query anyway, so its copies are reserves (called at once
+// if `copies_now`, else when an original fails or passes its deadline: a hedge) and the coded
+// roles are skipped; otherwise the copies and the coded roles are called.
+// A query is answered by its original as soon as that arrives. The group is decoded once
+// every role has answered, failed or passed its deadline and at least min_available answered
+// (deadline 0 is ParM's pure race). Queries unanswered at the timeout get an error.
 class Race {
  public:
-  Race(CodeShape code, Layout layout, const Plan& plan, double deadline_s, double timeout_s, double now);
+  Race(CodeShape code, double deadline_s, double timeout_s, double now);
 
-  // usable[g]: worker's row of group g can be used (false: non-finite values, that group only)
-  std::vector<Fill> on_answer(int worker, const std::vector<bool>& usable);
-  void on_failure(int worker, const std::string& reason);
-  std::vector<Fill> on_decoded(const std::vector<int>& groups);
-  void on_decode_failed(const std::vector<int>& groups, const std::string& reason);
+  int add_query(double now);  // the new query's index, which is also its slot
+  void close(double now, bool copies_now);
+  bool is_open() const { return open_; }
+  int num_queries() const { return num_queries_; }
+  int slot_query(int slot) const { return slots_[slot]; }
+  int padded_slots() const { return open_ ? 0 : code_.k - num_queries_; }
+
+  std::vector<Fill> on_answer(int role, bool usable);  // usable: false for non-finite values
+  void on_failure(int role, const std::string& reason);
+  // A role no healthy worker may take: a reserve, called only if the others cannot decode.
+  void on_held_back(int role, const std::string& reason);
+  std::vector<Fill> on_decoded();
+  void on_decode_failed(const std::string& reason);
   Actions poll(double now);
 
-  const Layout& layout() const { return layout_; }
-  Call state(int worker) const { return state_[worker]; }
-  bool available(int group, int worker) const { return available_[group * code_.num_workers + worker]; }
-  // What a decode of `group` was started with: worker w's row is usable iff mask[w].
-  const std::vector<bool>& decode_mask(int group) const { return decode_mask_.at(group); }
+  Call state(int role) const { return state_[role]; }
+  bool available(int role) const { return available_[role]; }
+  bool all_resolved() const;
+  const std::vector<bool>& decode_mask() const { return decode_mask_; }  // role r's row is usable iff [r]
   bool resolved(int query) const { return answered_[query] || failed_[query]; }
   bool reconstructed(int query) const { return reconstructed_[query]; }
-  // At the finish: called workers still pending past their deadline (late for the breaker).
-  std::vector<int> late_workers(double now) const;
+  // Called roles still pending past their deadline (late for the breaker).
+  std::vector<int> late_roles(double now) const;
 
  private:
-  bool settled(int worker) const;
-  bool decodable(int group) const;
-  bool has_original(int group, int query) const;
-  bool all_originals(int group) const;
-  bool needs_decode(int group) const;
-  bool group_resolved(int group) const;
+  bool settled(int role) const;
+  bool decodable() const;
+  bool has_original(int query) const;
+  bool all_originals() const;
+  bool needs_decode() const;
   bool wants_reserves() const;
-  void call(int worker);
-  std::string failure_message(int group) const;
+  void call(int role);
+  std::string failure_message() const;
 
   CodeShape code_;
-  Layout layout_;
   double deadline_s_;
   double timeout_;
   double now_;
+  bool open_ = true;
+  int num_queries_ = 0;
+  std::vector<int> slots_;  // query of each slot, -1 while open and free
   std::vector<Call> state_;
   std::vector<double> deadline_;
   std::vector<std::string> reasons_;
-  std::vector<bool> available_;  // [group][worker]
-  std::vector<bool> decoding_;
-  std::map<int, std::vector<bool>> decode_mask_;
+  std::vector<bool> available_;
+  bool decoding_ = false;
+  std::vector<bool> decode_mask_;
   std::vector<bool> answered_, failed_, reconstructed_;
   std::vector<int> to_call_;
   std::vector<std::pair<int, std::string>> errors_;
   bool finished_ = false;
+};
+
+// Which worker may run which role. Dedicated: data roles run on any data worker (they serve
+// the same model) and coded role j on worker k + j. Every worker: each worker hosts the
+// deployed model and the parity model, so any role runs anywhere (RAID-5 rather than RAID-4).
+struct Placement {
+  CodeShape code;
+  bool every_worker = false;
+  bool runs(int worker, int role) const;
+  int model(int role) const { return code.is_original(role) ? 0 : 1 + role - (code.systematic ? code.k : 0); }
+  // Where a role goes when loads are equal. Every worker: roles rotate with the group. Dedicated:
+  // data role i on data worker i + turn, where the scheduler turns groups that may stay partial
+  // (lone queries take turns) and keeps full groups in order (data role i on member i).
+  int preferred(uint64_t group, int role, int turn) const;
+};
+
+struct Task {
+  uint64_t group;
+  int role;
+  int preferred;        // the worker it goes to when loads are equal
+  bool forced = false;  // a reserve: called whatever the breaker says
+};
+
+struct Assignment {
+  int worker;
+  std::vector<Task> tasks;  // one member call, one row per task, all for the same model
+};
+
+// Late binding: tasks wait here and a worker is handed its next ones only when it has fewer
+// than calls_per_worker calls in flight. Bound at arrival, a task would wait behind that
+// worker's current execute while another worker idles; bound late, it goes to whichever
+// worker frees first, so a straggler holds up only what it already runs. Two tasks of one
+// group never share a worker: one slow worker must cost a group at most one role.
+class Dispatcher {
+ public:
+  Dispatcher(Placement placement, int calls_per_worker, int max_batch, MemberHealth* health);
+  void push(const Task& task) { queue_.push_back(task); }
+  // Hands free workers their next tasks, least loaded first (the preferred one among equals);
+  // a call also takes the queued tasks that prefer its worker or that no other free worker could start.
+  // held_back: tasks whose every possible worker is suspended; unplaceable: tasks no worker
+  // may ever take (each one it could run on already has a task of the group).
+  std::vector<Assignment> next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable);
+  void returned(int worker) { --in_flight_[worker]; }
+  void forget(uint64_t group);  // drops its queued tasks
+  bool idle_worker_for(uint64_t group, int role, double now) const;
+  int in_flight(int worker) const { return in_flight_[worker]; }
+
+ private:
+  bool used(uint64_t group, int worker) const;
+  std::vector<int> candidates(const Task& task) const;
+  bool free_peer(const Task& task, int except, double now) const;
+
+  Placement placement_;
+  int calls_per_worker_, max_batch_;
+  MemberHealth* health_;
+  std::deque<Task> queue_;
+  std::map<uint64_t, std::vector<bool>> used_;  // per group: workers that got one of its tasks
+  std::vector<int> in_flight_;
+};
+
+// The deadline after which a member's answer counts as missing: a high percentile of the
+// members' recent call latencies times a margin, within [min_s, max_s]; max_s until the
+// window holds enough calls to say.
+class AdaptiveDeadline {
+ public:
+  AdaptiveDeadline(double min_s, double max_s, double percentile, double margin, int window);
+  void record(double latency_s);
+  double deadline() const { return deadline_; }
+
+ private:
+  double min_s_, max_s_, percentile_, margin_;
+  size_t window_;
+  std::vector<double> recent_;  // a ring of the last `window` latencies
+  size_t next_ = 0;
+  double deadline_;
 };
 
 }  // namespace coded

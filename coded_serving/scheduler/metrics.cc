@@ -56,7 +56,7 @@ EnsembleMetrics::EnsembleMetrics(const std::string& model, const std::vector<std
   }
 }
 
-void EnsembleMetrics::record(const FanoutCounts& counts) const {
+void EnsembleMetrics::record(const GroupCounts& counts) const {
   queries_.add(counts.queries);
   reconstructed_.add(counts.reconstructed);
   errors_.add(counts.errors);

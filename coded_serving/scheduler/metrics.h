@@ -29,7 +29,7 @@ class Counter {
   MetricPtr metric_;
 };
 
-struct FanoutCounts {
+struct GroupCounts {
   int queries = 0, reconstructed = 0, errors = 0, groups = 0, padded_slots = 0;
   double decode_us = 0;
   std::vector<int> failed_workers, late_workers;
@@ -38,7 +38,7 @@ struct FanoutCounts {
 class EnsembleMetrics {
  public:
   EnsembleMetrics(const std::string& model, const std::vector<std::string>& members);
-  void record(const FanoutCounts& counts) const;
+  void record(const GroupCounts& counts) const;
 
  private:
   TRITONSERVER_MetricFamily* family(const char* name, const char* description);

@@ -2,13 +2,13 @@
 #pragma once
 
 #include <atomic>
-#include <mutex>
 
+#include "calls.h"
 #include "config.h"
 #include "core.h"
 #include "metrics.h"
+#include "scheduler.h"
 #include "timer.h"
-#include "calls.h"
 #include "triton_util.h"
 
 namespace coded {
@@ -22,8 +22,7 @@ struct ModelState {
         member_output_type(TRITONSERVER_StringToDataType(config.member_output.dtype.c_str())),
         allocator(cpu_allocator()),
         metrics(config.name, config.members),
-        health(config.num_workers(), config.suspend_after_misses, config.probe_interval_s),
-        planner(code(), &health) {}
+        scheduler(*this) {}
 
   CodeShape code() const {
     return {config.k, config.num_workers(), config.systematic, config.min_available, config.postprocess_by_decoder};
@@ -34,10 +33,8 @@ struct ModelState {
   const TRITONSERVER_DataType input_type, output_type, member_output_type;
   AllocatorPtr allocator;
   EnsembleMetrics metrics;
-  std::mutex scheduling;  // guards health and planner
-  MemberHealth health;
-  Planner planner;
   std::atomic<int> in_flight{0};  // queries received and not yet answered
+  Scheduler scheduler;
   Timer timer;  // last: stopped first, before what its callbacks use
 };
 

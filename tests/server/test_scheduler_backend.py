@@ -31,14 +31,19 @@ MEMBERS = ("sched_member_0", "sched_member_1", "sched_parity")
 ASAN = os.environ.get("CODED_SCHEDULER_ASAN") == "1"
 
 
-def onnx_config(name: str) -> str:
+EVERY = tuple((f"worker_{w}", f"worker_{w}_parity") for w in range(3))  # every worker: deployed + parity
+
+
+def onnx_config(name: str, device: str | None = None) -> str:
+    """``device``: a rate-limiter resource its instance shares (one device per worker)."""
+    limiter = f' rate_limiter {{ resources {{ name: "{device}" count: 1 }} }}' if device else ""
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: 64
 default_model_filename: "model.onnx"
 input {{ name: "image" data_type: TYPE_FP32 dims: [1, 28, 28] }}
 output {{ name: "logits" data_type: TYPE_FP32 dims: [10] }}
-instance_group {{ count: 1 }}
+instance_group {{ count: 1{limiter} }}
 dynamic_batching {{ }}
 """
 
@@ -50,7 +55,7 @@ def ensemble_config(name: str, queue_delay_us: int = 0, **overrides: str) -> str
         "members": ",".join(MEMBERS), "k": "2", "systematic": "true", "min_available": "2",
         "member_output": '{"name": "logits", "dtype": "FP32", "dims": [10]}',
         "encoder": "sum", "decoder": "subtract", "parity_weight": "1", "postprocess": "none",
-        "deadline_ms": "2000", "timeout_ms": "5000", "suspend_after_misses": "3", "probe_interval_ms": "1000",
+        "deadline_ms": "2000", "deadline_min_ms": "2000", "timeout_ms": "5000", "suspend_after_misses": "3", "probe_interval_ms": "1000",
         "max_in_flight": "1024", **overrides,
     }
     text = "".join(
@@ -90,6 +95,12 @@ def server(tmp_path_factory, library):
     write_model(repository, MEMBERS[2], onnx_config(MEMBERS[2]), PARITY)
     write_model(repository, "parm", ensemble_config("parm"))
     write_model(repository, "parm_batched", ensemble_config("parm_batched", queue_delay_us=20000))
+    write_model(repository, "parm_stream", ensemble_config("parm_stream", group_close_us="50000"))
+    for w, (deployed, parity) in enumerate(EVERY):
+        write_model(repository, deployed, onnx_config(deployed, device=f"worker_{w}"), DEPLOYED)
+        write_model(repository, parity, onnx_config(parity, device=f"worker_{w}"), PARITY)
+    write_model(repository, "parm_every", ensemble_config(
+        "parm_every", members=",".join(d for d, _ in EVERY), worker_models=",".join(f"{d}:{p}" for d, p in EVERY)))
 
     original_build, original_env = launcher.build_backend_directory, launcher.server_environment
 
@@ -109,7 +120,7 @@ def server(tmp_path_factory, library):
         return env
 
     config = launcher.ServerConfig(model_repository=repository, http_port=launcher.free_port(),
-                                   grpc_port=launcher.free_port(), metrics_port=launcher.free_port())
+                                   grpc_port=launcher.free_port(), metrics_port=launcher.free_port(), rate_limit=True)
     launcher.build_backend_directory, launcher.server_environment = build_backend_directory, server_environment
     try:
         with launcher.TritonServer(config, log_path=library.parent / "server.log") as running:
@@ -240,3 +251,66 @@ def test_unknown_parameter_value_fails_the_load(server, client):
     write_model(model.parent, "parm_bad", ensemble_config("parm_bad", min_available="nine"))
     with pytest.raises(InferenceServerException, match="min_available"):
         client.load_model("parm_bad")
+
+
+def metric(server, name: str, model: str) -> float:
+    with urllib.request.urlopen(server.config.metrics_url) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f'{name}{{model="{model}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_concurrent_batch_1_clients_form_groups_across_requests(server):
+    """Queries from different requests (and executes) share coding groups; answers stay exact."""
+    queries_before, groups_before = (metric(server, n, "parm_stream") for n in ("coded_queries_total", "coded_groups_total"))
+    answers, failures = [], []
+
+    def client_loop(seed):
+        with http.InferenceServerClient(server.config.http_url, network_timeout=60) as c:
+            for i in range(10):
+                batch = images(1, seed=seed * 100 + i)
+                try:
+                    answers.append((batch, *infer(c, "parm_stream", batch)))
+                except InferenceServerException as error:
+                    failures.append(str(error))
+
+    threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(answers) == 80
+    batches = np.concatenate([batch for batch, _, _ in answers])
+    np.testing.assert_allclose(np.concatenate([logits for _, logits, _ in answers]), run_onnx(DEPLOYED, batches),
+                               rtol=1e-5, atol=1e-5)
+    assert not any(flags.any() for _, _, flags in answers)
+    queries = metric(server, "coded_queries_total", "parm_stream") - queries_before
+    groups = metric(server, "coded_groups_total", "parm_stream") - groups_before
+    assert queries == 80 and groups < 70, f"{groups} groups for {queries} batch-1 queries"
+
+
+def test_every_worker_topology_serves_and_reconstructs_without_a_worker(server, client):
+    """Each worker hosts the deployed and the parity model; with worker 0 gone (both its models
+    unloaded) every request is still answered: exactly, or by a reconstruction from the others."""
+    batches = [images(n, seed=40 + n) for n in (1, 2, 4, 3, 2)]
+    for batch in batches:  # all healthy: exact
+        logits, flags = infer(client, "parm_every", batch)
+        np.testing.assert_allclose(logits, run_onnx(DEPLOYED, batch), rtol=1e-5, atol=1e-5)
+        assert not flags.any()
+    for model in EVERY[0]:
+        client.unload_model(model)
+    try:
+        for _ in range(3):
+            for batch in batches:
+                logits, flags = infer(client, "parm_every", batch)
+                exact = run_onnx(DEPLOYED, batch)
+                for i in np.flatnonzero(~flags[:, 0]):
+                    np.testing.assert_allclose(logits[i], exact[i], rtol=1e-5, atol=1e-5)
+                for i in np.flatnonzero(flags[:, 0]):  # decoded from its pair's original and the parity
+                    j = i + 1 if i % 2 == 0 else i - 1
+                    np.testing.assert_allclose(
+                        logits[i], run_onnx(PARITY, batch[i:i + 1] + batch[j:j + 1])[0] - exact[j], rtol=1e-4, atol=1e-4)
+    finally:
+        for model in EVERY[0]:
+            client.load_model(model)

@@ -2,6 +2,7 @@
 // without arguments to run them all.
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -40,7 +41,6 @@ struct Register {
 
 const CodeShape kParm{2, 3, true, 2, false};          // k = 2, one parity worker
 const CodeShape kBerrut{2, 3, false, 1, false};       // non-systematic, decodes from any one
-const std::vector<bool> kUsable(8, true);
 
 std::vector<int> queries_of(const std::vector<Fill>& fills) {
   std::vector<int> queries;
@@ -48,227 +48,339 @@ std::vector<int> queries_of(const std::vector<Fill>& fills) {
   return queries;
 }
 
-Plan everyone(int workers) {
-  Plan plan;
-  for (int w = 0; w < workers; ++w) plan.called.push_back(w);
-  return plan;
+// A closed group of `n` queries that arrived at `now`.
+Race group_of(const CodeShape& code, int n, double deadline, double timeout, double now, bool copies_now = false) {
+  Race race(code, deadline, timeout, now);
+  for (int q = 0; q < n; ++q) race.add_query(now);
+  race.close(now, copies_now);
+  return race;
+}
+
+// A task as the scheduler makes it: full groups in order, roles rotating on every worker.
+Placement placement_under_test{kParm, false};
+Task task(uint64_t group, int role, bool forced = false) {
+  return {group, role, placement_under_test.preferred(group, role, 0), forced};
+}
+
+std::vector<int> workers_of(const std::vector<Assignment>& assignments) {
+  std::vector<int> workers;
+  for (const Assignment& a : assignments) workers.push_back(a.worker);
+  return workers;
 }
 
 }  // namespace
 
-TEST(layout_pads_a_partial_group_with_its_own_queries) {
-  Layout five = Layout::for_queries(5, 2);
-  CHECK((five.slots == std::vector<int>{0, 1, 2, 3, 4, 4}));
-  CHECK(five.groups() == 3 && five.padded_slots() == 1 && five.min_copies() == 1);
-  Layout three = Layout::for_queries(3, 4);
-  CHECK((three.slots == std::vector<int>{0, 1, 2, 0}));
-  CHECK(Layout::for_queries(1, 2).min_copies() == 2);
-  CHECK(Layout::for_queries(4, 2).padded_slots() == 0);
+TEST(group_spanning_executes_calls_originals_at_once_and_parity_on_the_kth_query) {
+  Race race(kParm, 0.01, 1.0, 0);
+  CHECK(race.add_query(0) == 0);
+  Actions first = race.poll(0);
+  CHECK((first.call == std::vector<int>{0}) && !first.finished);
+  CHECK((queries_of(race.on_answer(0, true)) == std::vector<int>{0}));
+  CHECK(!race.poll(0.001).finished);  // answered, but the group is open: it may still protect others
+  CHECK(race.add_query(0.0015) == 1);
+  race.close(0.0015, false);
+  CHECK((race.poll(0.0015).call == std::vector<int>{1, 2}));  // the k-th original and the parity
+  CHECK(race.padded_slots() == 0);
+  race.on_answer(2, true);
+  Actions late = race.poll(0.0115);  // original 1 passed its deadline: decoded from 0 and the parity
+  CHECK(late.decode && (race.decode_mask() == std::vector<bool>{true, false, true}));
+  std::vector<Fill> fills = race.on_decoded();
+  CHECK(fills.size() == 1 && fills[0].query == 1 && fills[0].reconstructed);
+  CHECK(race.poll(0.012).finished);
 }
 
-TEST(full_groups_call_every_worker) {
-  MemberHealth health(3, 3, 1.0);
-  Planner planner(kParm, &health);
-  Plan plan = planner.plan(Layout::for_queries(2, 2), 0);
-  CHECK((plan.called == std::vector<int>{0, 1, 2}) && plan.reserved.empty());
-  plan = planner.plan(Layout::for_queries(3, 2), 0);  // a padded group beside a full one
-  CHECK(plan.called.size() == 3);
+TEST(group_closed_after_the_bound_hedges_its_lone_query) {
+  Race race(kParm, 0.01, 1.0, 0);
+  race.add_query(0);
+  race.poll(0);
+  race.close(0.002, false);  // no partner came: slot 1 holds a copy, kept in reserve
+  CHECK(race.padded_slots() == 1 && race.slot_query(1) == 0);
+  CHECK(race.state(1) == Call::Reserved && race.state(2) == Call::Skipped);
+  CHECK(race.poll(0.005).call.empty());
+  CHECK((race.poll(0.01).call == std::vector<int>{1}));  // the hedge, after the original's deadline
+  CHECK((queries_of(race.on_answer(1, true)) == std::vector<int>{0}));
+  Actions done = race.poll(0.012);
+  CHECK(done.finished && (done.cancel == std::vector<int>{0}) && (race.late_roles(0.012) == std::vector<int>{0}));
 }
 
-TEST(lone_query_goes_to_one_data_worker_taking_turns) {
-  MemberHealth health(3, 3, 1.0);
-  Planner planner(kParm, &health);
-  Layout lone = Layout::for_queries(1, 2);
-  Plan first = planner.plan(lone, 0), second = planner.plan(lone, 0), third = planner.plan(lone, 0);
-  CHECK(first.called.size() == 1 && first.reserved.size() == 1);
-  CHECK(first.called[0] != second.called[0] && first.called[0] == third.called[0]);
-  CHECK(first.reserved[0] == second.called[0]);  // the copy waits on the other data worker
-  for (const Plan& plan : {first, second})
-    for (int w : plan.called) CHECK(w != 2);  // the parity worker is not called
+TEST(lone_query_copy_goes_at_once_when_asked) {
+  Race race = group_of(kParm, 1, 0.01, 1.0, 0, true);
+  CHECK((race.poll(0).call == std::vector<int>{0, 1}));
+  CHECK(race.state(2) == Call::Skipped);
 }
 
-TEST(lone_query_goes_to_the_worker_with_fewest_calls_in_flight) {
-  MemberHealth health(3, 3, 1.0);
-  Planner planner(kParm, &health);
-  planner.sent(0);
-  Layout lone = Layout::for_queries(1, 2);
-  CHECK(planner.plan(lone, 0).called[0] == 1 && planner.plan(lone, 0).called[0] == 1);
-  planner.returned(0);
-  planner.sent(1);
-  CHECK(planner.plan(lone, 0).called[0] == 0);
+TEST(lone_query_answered_before_the_close_needs_nothing_more) {
+  Race race(kParm, 0.01, 1.0, 0);
+  race.add_query(0);
+  race.poll(0);
+  race.on_answer(0, true);
+  race.close(0.002, false);
+  Actions done = race.poll(0.002);
+  CHECK(done.finished && done.call.empty() && done.cancel.empty());
 }
 
-TEST(lone_queries_at_k4_each_go_to_one_holder) {
-  MemberHealth health(5, 3, 1.0);
-  Planner planner(CodeShape{4, 5, true, 4, false}, &health);
-  Plan plan = planner.plan(Layout::for_queries(2, 4), 0);  // slots 0 1 0 1
-  CHECK(plan.called.size() == 2 && plan.reserved.size() == 2);
-  CHECK(plan.called[0] % 2 == 0 && plan.called[1] % 2 == 1);
+TEST(padded_group_beside_a_coded_role_calls_everyone) {
+  CodeShape k4{4, 5, true, 4, false};
+  Race race = group_of(k4, 3, 0.01, 1.0, 0);
+  CHECK((race.poll(0).call == std::vector<int>{0, 1, 2, 3, 4}) && race.slot_query(3) == 0);
+  Race two = group_of(k4, 2, 0.01, 1.0, 0);  // slots 0 1 0 1: copies reserved, parity skipped
+  CHECK((two.poll(0).call == std::vector<int>{0, 1}) && two.state(4) == Call::Skipped);
 }
 
 TEST(originals_answer_at_once) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 0.01, 1.0, 0);
-  Actions first = race.poll(0);
-  CHECK((first.call == std::vector<int>{0, 1, 2}));
-  CHECK((queries_of(race.on_answer(0, kUsable)) == std::vector<int>{0}));
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
+  CHECK((race.poll(0).call == std::vector<int>{0, 1, 2}));
+  CHECK((queries_of(race.on_answer(0, true)) == std::vector<int>{0}));
   CHECK(!race.poll(0.001).finished);
-  CHECK((queries_of(race.on_answer(1, kUsable)) == std::vector<int>{1}));
+  CHECK((queries_of(race.on_answer(1, true)) == std::vector<int>{1}));
   Actions done = race.poll(0.002);
-  CHECK(done.finished && done.decode.empty() && done.errors.empty());
+  CHECK(done.finished && !done.decode && done.errors.empty());
   CHECK((done.cancel == std::vector<int>{2}));  // the parity straggler is cancelled
-  CHECK(!race.reconstructed(0) && !race.reconstructed(1));
-}
-
-TEST(missing_worker_is_decoded_after_the_deadline) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 0.01, 1.0, 0);
-  race.poll(0);
-  race.on_answer(1, kUsable);
-  race.on_answer(2, kUsable);
-  Actions early = race.poll(0.005);
-  CHECK(early.decode.empty() && early.wakeup == 0.01);
-  Actions late = race.poll(0.01);
-  CHECK((late.decode == std::vector<int>{0}));
-  CHECK((race.decode_mask(0) == std::vector<bool>{false, true, true}));
-  std::vector<Fill> fills = race.on_decoded({0});
-  CHECK(fills.size() == 1 && fills[0].query == 0 && fills[0].slot == 0 && fills[0].reconstructed);
-  Actions done = race.poll(0.011);
-  CHECK(done.finished && (race.late_workers(0.011) == std::vector<int>{0}));
 }
 
 TEST(pure_race_decodes_as_soon_as_enough_are_in) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 0.0, 1.0, 0);
+  Race race = group_of(kParm, 2, 0.0, 1.0, 0);
   race.poll(0);
-  race.on_answer(1, kUsable);
-  CHECK(race.poll(0).decode.empty());  // one of three: nothing to decode yet
-  race.on_answer(2, kUsable);
-  CHECK((race.poll(0).decode == std::vector<int>{0}));
+  race.on_answer(1, true);
+  race.on_answer(2, true);
+  CHECK(race.poll(0).decode);
 }
 
 TEST(failed_member_is_missing_at_once) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 10.0, 20.0, 0);
+  Race race = group_of(kParm, 2, 10.0, 20.0, 0);
   race.poll(0);
-  race.on_answer(1, kUsable);
-  race.on_answer(2, kUsable);
+  race.on_answer(1, true);
+  race.on_answer(2, true);
   race.on_failure(0, "member_0: unloaded");
-  CHECK((race.poll(0.001).decode == std::vector<int>{0}));
+  CHECK(race.poll(0.001).decode);
 }
 
-TEST(non_systematic_code_always_decodes) {
-  Race race(kBerrut, Layout::for_queries(2, 2), everyone(3), 0.01, 1.0, 0);
-  race.poll(0);
-  CHECK(race.on_answer(0, kUsable).empty());  // no originals in a non-systematic code
-  CHECK(race.poll(0.001).decode.empty());     // the others are pending and in time
-  race.on_answer(1, kUsable);
-  race.on_answer(2, kUsable);
-  CHECK((race.poll(0.002).decode == std::vector<int>{0}));
-  std::vector<Fill> fills = race.on_decoded({0});
+TEST(non_systematic_code_calls_at_close_and_always_decodes) {
+  Race race(kBerrut, 0.01, 1.0, 0);
+  race.add_query(0);
+  CHECK(race.poll(0).call.empty());  // no originals: nothing to call before the group closes
+  race.add_query(0);
+  race.close(0, false);
+  CHECK((race.poll(0).call == std::vector<int>{0, 1, 2}));
+  CHECK(race.on_answer(0, true).empty());
+  CHECK(!race.poll(0.001).decode);
+  race.on_answer(1, true);
+  race.on_answer(2, true);
+  CHECK(race.poll(0.002).decode);
+  std::vector<Fill> fills = race.on_decoded();
   CHECK(fills.size() == 2 && fills[0].reconstructed && fills[1].reconstructed);
 }
 
-TEST(non_finite_row_makes_only_its_group_missing) {
-  Race race(kParm, Layout::for_queries(4, 2), everyone(3), 0.01, 1.0, 0);
+TEST(non_finite_row_makes_its_role_missing) {
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
   race.poll(0);
-  CHECK((queries_of(race.on_answer(0, {false, true})) == std::vector<int>{2}));
-  CHECK((queries_of(race.on_answer(1, kUsable)) == std::vector<int>{1, 3}));
-  race.on_answer(2, kUsable);
-  Actions actions = race.poll(0.001);
-  CHECK((actions.decode == std::vector<int>{0}));
-  CHECK((race.on_decoded({0})[0].query == 0));
-  CHECK(race.poll(0.002).finished);
+  CHECK(race.on_answer(0, false).empty());
+  race.on_answer(1, true);
+  race.on_answer(2, true);
+  CHECK(race.poll(0.001).decode && !race.decode_mask()[0]);
 }
 
 TEST(postprocess_decodes_originals_too) {
   CodeShape invnet{2, 3, true, 2, true};
-  Race race(invnet, Layout::for_queries(2, 2), everyone(3), 0.01, 1.0, 0);
+  Race race = group_of(invnet, 2, 0.01, 1.0, 0);
   race.poll(0);
-  CHECK(race.on_answer(0, kUsable).empty() && race.on_answer(1, kUsable).empty());
-  CHECK((race.poll(0.001).decode == std::vector<int>{0}));
-  std::vector<Fill> fills = race.on_decoded({0});
+  CHECK(race.on_answer(0, true).empty() && race.on_answer(1, true).empty());
+  CHECK(race.poll(0.001).decode);
+  std::vector<Fill> fills = race.on_decoded();
   CHECK(fills.size() == 2 && !fills[0].reconstructed && !fills[1].reconstructed);
 }
 
-TEST(reserve_is_called_when_the_lone_member_errors) {
-  MemberHealth health(3, 3, 1.0);
-  Planner planner(kParm, &health);
-  Layout lone = Layout::for_queries(1, 2);
-  Plan plan = planner.plan(lone, 0);
-  Race race(kParm, lone, plan, 0.01, 1.0, 0);
-  CHECK(race.poll(0).call == plan.called);
-  race.on_failure(plan.called[0], "boom");
-  CHECK(race.poll(0.001).call == plan.reserved);
-  CHECK((queries_of(race.on_answer(plan.reserved[0], kUsable)) == std::vector<int>{0}));
+TEST(reserve_is_called_when_the_lone_original_errors) {
+  Race race = group_of(kParm, 1, 0.01, 1.0, 0);
+  race.poll(0);
+  race.on_failure(0, "boom");
+  CHECK((race.poll(0.001).call == std::vector<int>{1}));
+  CHECK((queries_of(race.on_answer(1, true)) == std::vector<int>{0}));
   CHECK(race.poll(0.002).finished);
 }
 
-TEST(reserve_is_called_after_the_deadline_and_lateness_counts) {
-  MemberHealth health(3, 3, 1.0);
-  Planner planner(kParm, &health);
-  Layout lone = Layout::for_queries(1, 2);
-  Plan plan = planner.plan(lone, 0);
-  Race race(kParm, lone, plan, 0.01, 1.0, 0);
+TEST(held_back_role_is_a_reserve_called_when_the_others_cannot_decode) {
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
   race.poll(0);
-  CHECK(race.poll(0.005).call.empty());
-  CHECK(race.poll(0.01).call == plan.reserved);
-  race.on_answer(plan.reserved[0], kUsable);
-  CHECK(race.poll(0.012).finished);
-  // late against its own deadline, although the reserve's fresh one has not passed
-  CHECK(race.late_workers(0.012) == plan.called);
-}
-
-TEST(suspended_member_is_replaced_by_a_copy) {
-  MemberHealth health(3, 1, 1.0);
-  Planner planner(kParm, &health);
-  Layout lone = Layout::for_queries(1, 2);
-  health.missed(0, 0);
-  health.missed(1, 0);
-  health.answered(1);
-  for (int i = 0; i < 2; ++i) {  // whichever turn, the suspended member 0 is not called
-    Plan plan = planner.plan(lone, 0.1);
-    CHECK((plan.called == std::vector<int>{1}) && (plan.reserved == std::vector<int>{0}));
-  }
-  Plan full = planner.plan(Layout::for_queries(2, 2), 0.2);
-  CHECK((full.called == std::vector<int>{1, 2}) && (full.reserved == std::vector<int>{0}));
-  CHECK(full.reasons.at(0).find("suspended") != std::string::npos);
-  Race race(kParm, Layout::for_queries(2, 2), full, 0.01, 1.0, 0.2);
-  race.poll(0.2);
-  race.on_answer(1, kUsable);
-  race.on_answer(2, kUsable);
-  CHECK((race.poll(0.201).decode == std::vector<int>{0}));  // decoded at once, no deadline wait
-}
-
-TEST(suspended_member_is_called_when_the_others_cannot_decode) {
-  MemberHealth health(3, 1, 1.0);
-  health.missed(2, 0);
-  Planner planner(kParm, &health);
-  Plan plan = planner.plan(Layout::for_queries(2, 2), 0.1);
-  Race race(kParm, Layout::for_queries(2, 2), plan, 0.01, 1.0, 0.1);
-  race.poll(0.1);
-  race.on_answer(1, kUsable);
+  race.on_held_back(2, "suspended after 1 consecutive misses");
+  race.on_answer(1, true);
+  CHECK(race.poll(0.001).call.empty());
   race.on_failure(0, "boom");
-  CHECK((race.poll(0.101).call == std::vector<int>{2}));
+  CHECK((race.poll(0.002).call == std::vector<int>{2}));
+}
+
+TEST(held_back_original_is_decoded_at_once) {
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
+  race.poll(0);
+  race.on_held_back(0, "suspended");
+  race.on_answer(1, true);
+  race.on_answer(2, true);
+  CHECK(race.poll(0.001).decode);  // no deadline wait
 }
 
 TEST(unanswerable_queries_get_an_error_at_the_timeout) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 0.01, 1.0, 0);
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
   race.poll(0);
-  race.on_answer(1, kUsable);
+  race.on_answer(1, true);
   Actions waiting = race.poll(0.5);
   CHECK(waiting.errors.empty() && waiting.wakeup == 1.0);
   Actions timeout = race.poll(1.0);
   CHECK(timeout.errors.size() == 1 && timeout.errors[0].first == 0 && timeout.finished);
   CHECK(timeout.errors[0].second ==
-        "no answer and no reconstruction possible (worker 0: no answer in time; worker 2: no answer in time)");
+        "no answer and no reconstruction possible (role 0: no answer in time; role 2: no answer in time)");
 }
 
 TEST(unanswerable_queries_fail_at_once_when_nothing_is_pending) {
-  Race race(kParm, Layout::for_queries(2, 2), everyone(3), 10.0, 20.0, 0);
+  Race race = group_of(kParm, 2, 10.0, 20.0, 0);
   race.poll(0);
-  race.on_answer(1, kUsable);
+  race.on_answer(1, true);
   race.on_failure(0, "member_0: unloaded");
   race.on_failure(2, "parity: error");
   Actions actions = race.poll(0.001);
   CHECK(actions.errors.size() == 1 && actions.finished);
-  CHECK(actions.errors[0].second.find("worker 0: member_0: unloaded; worker 2: parity: error") != std::string::npos);
+  CHECK(actions.errors[0].second.find("role 0: member_0: unloaded; role 2: parity: error") != std::string::npos);
+}
+
+TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(7, 0));
+  dispatcher.push(task(7, 1));
+  dispatcher.push(task(7, 2));
+  std::vector<Assignment> first = dispatcher.next(0, held, unplaceable);
+  CHECK(first.size() == 3);
+  std::vector<int> workers = workers_of(first);
+  std::sort(workers.begin(), workers.end());
+  CHECK((workers == std::vector<int>{0, 1, 2}));
+  // a reserve of the same group waits for... nobody: every worker already has one of its tasks
+  dispatcher.push(task(7, 1, true));
+  CHECK(dispatcher.next(0, held, unplaceable).empty() && unplaceable.size() == 1);
+}
+
+TEST(full_groups_keep_their_order_in_one_call_per_worker) {
+  placement_under_test = Placement{kParm, false};
+  MemberHealth health(3, 3, 1.0);
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  for (uint64_t g = 0; g < 3; ++g)
+    for (int role = 0; role < 3; ++role) dispatcher.push(task(g, role));
+  std::vector<Assignment> calls = dispatcher.next(0, held, unplaceable);
+  CHECK((workers_of(calls) == std::vector<int>{0, 1, 2}));
+  for (const Assignment& call : calls) {
+    CHECK(call.tasks.size() == 3);
+    for (const Task& t : call.tasks) CHECK(t.role == call.worker);
+  }
+  Placement dedicated{kParm, false};
+  CHECK(dedicated.preferred(5, 0, 1) == 1 && dedicated.preferred(5, 1, 1) == 0 && dedicated.preferred(5, 2, 1) == 2);
+}
+
+TEST(late_binding_hands_a_task_to_the_worker_that_frees_first) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(2, 1));
+  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // both data workers busy now
+  dispatcher.push(task(3, 0));
+  dispatcher.push(task(4, 0));
+  CHECK(dispatcher.next(0, held, unplaceable).empty());  // queued, not bound to a busy worker
+  dispatcher.returned(1);
+  std::vector<Assignment> next = dispatcher.next(0, held, unplaceable);
+  // worker 1 freed first: it takes both queued tasks in one call (they are of different groups)
+  CHECK(next.size() == 1 && next[0].worker == 1 && next[0].tasks.size() == 2);
+  CHECK(next[0].tasks[0].group == 3 && next[0].tasks[1].group == 4);
+}
+
+TEST(dedicated_placement_keeps_parity_on_its_worker) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 2));
+  dispatcher.push(task(1, 0));
+  std::vector<Assignment> a = dispatcher.next(0, held, unplaceable);
+  CHECK(a.size() == 2 && a[0].worker == 2 && a[1].worker < 2);
+  dispatcher.push(task(2, 0));  // the other data worker, not the busy parity one
+  std::vector<Assignment> b = dispatcher.next(0, held, unplaceable);
+  CHECK(b.size() == 1 && b[0].worker == 1 - a[1].worker);
+}
+
+TEST(every_worker_roles_rotate_over_all_workers) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  std::vector<int> parity_on(3, 0), lone_on(3, 0);
+  for (uint64_t g = 0; g < 6; ++g) {
+    dispatcher.push(task(g, 0));
+    dispatcher.push(task(g, 1));
+    dispatcher.push(task(g, 2));
+    for (const Assignment& a : dispatcher.next(0, held, unplaceable)) {
+      if (a.tasks[0].role == 2) ++parity_on[a.worker];
+      dispatcher.returned(a.worker);
+    }
+    dispatcher.forget(g);
+  }
+  CHECK((parity_on == std::vector<int>{2, 2, 2}));  // the parity role takes turns
+  for (uint64_t g = 10; g < 16; ++g) {  // lone queries: the least loaded of all k + 1
+    dispatcher.push(task(g, 0));
+    for (const Assignment& a : dispatcher.next(0, held, unplaceable)) {
+      ++lone_on[a.worker];
+      dispatcher.returned(a.worker);
+    }
+  }
+  CHECK((lone_on == std::vector<int>{2, 2, 2}));
+  dispatcher.push(task(20, 0));
+  dispatcher.push(task(21, 0));
+  std::vector<Assignment> busy = dispatcher.next(0, held, unplaceable);
+  dispatcher.push(task(22, 0));
+  std::vector<Assignment> third = dispatcher.next(0, held, unplaceable);
+  CHECK(third.size() == 1 && third[0].worker != busy[0].worker && third[0].worker != busy[1].worker);
+}
+
+TEST(dispatcher_holds_back_tasks_of_suspended_workers_and_probes) {
+  MemberHealth health(3, 1, 1.0);
+  health.missed(2, 0);
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 2));
+  CHECK(dispatcher.next(0.1, held, unplaceable).empty() && held.size() == 1);
+  dispatcher.push(task(1, 2, true));  // called as a reserve: whatever the breaker says
+  CHECK(dispatcher.next(0.2, held, unplaceable).size() == 1);
+  dispatcher.returned(2);
+  dispatcher.push(task(2, 2));
+  CHECK(dispatcher.next(1.0, held, unplaceable).size() == 1);  // the probe
+  dispatcher.returned(2);
+  dispatcher.push(task(3, 2));
+  CHECK(dispatcher.next(1.1, held, unplaceable).empty() && held.size() == 2);
+}
+
+TEST(idle_worker_is_seen_for_an_immediate_copy) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  std::vector<Assignment> a = dispatcher.next(0, held, unplaceable);
+  CHECK(dispatcher.idle_worker_for(1, 1, 0));  // the other data worker idles
+  dispatcher.push(task(2, 0));
+  dispatcher.next(0, held, unplaceable);
+  CHECK(!dispatcher.idle_worker_for(1, 1, 0));  // busy: the copy waits in reserve
+}
+
+TEST(adaptive_deadline_is_a_percentile_times_a_margin_within_bounds) {
+  AdaptiveDeadline deadline(0.001, 0.010, 95, 1.5, 100);
+  CHECK(deadline.deadline() == 0.010);  // too few calls to say
+  for (int i = 0; i < 100; ++i) deadline.record(i < 95 ? 0.002 : 0.050);
+  CHECK(std::fabs(deadline.deadline() - 0.010) < 1e-12);  // p95 = 0.05 * 1.5, capped at the max
+  for (int i = 0; i < 100; ++i) deadline.record(0.002 + (i % 10) * 0.0001);  // the window forgets the slow ones
+  CHECK(std::fabs(deadline.deadline() - 0.0029 * 1.5) < 1e-9);
+  for (int i = 0; i < 100; ++i) deadline.record(0.0001);
+  CHECK(deadline.deadline() == 0.001);  // never below the min
 }
 
 TEST(circuit_breaker_suspends_probes_and_recovers) {

@@ -1,0 +1,467 @@
+#include "scheduler.h"
+
+#include <cstring>
+
+#include "fastpath.h"
+#include "model.h"
+
+namespace coded {
+namespace {
+
+std::vector<int64_t> batch_shape(int64_t batch, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> shape{batch};
+  shape.insert(shape.end(), dims.begin(), dims.end());
+  return shape;
+}
+
+// What a callback's userp owns: a share of its call, dropped with the callback's last use.
+template <typename T>
+using Hold = std::unique_ptr<std::shared_ptr<T>>;
+
+}  // namespace
+
+Scheduler::Scheduler(ModelState& model)
+    : model_(model),
+      config_(model.config),
+      code_(model.code()),
+      health_(config_.num_workers(), config_.suspend_after_misses, config_.probe_interval_s),
+      placement_{code_, config_.every_worker()},
+      dispatcher_(placement_, config_.calls_per_worker, config_.max_batch_size, &health_),
+      deadline_(config_.deadline_min_s, config_.deadline_s, config_.deadline_percentile, config_.deadline_margin,
+                config_.deadline_window) {}
+
+template <typename Step>
+void Scheduler::run(Step step) {
+  Outbox out;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    step(out);
+    settle(out);
+  }
+  flush(out);
+}
+
+void Scheduler::submit(const std::vector<std::shared_ptr<ClientRequest>>& clients) {
+  run([&](Outbox& out) {
+    const double now = now_s();
+    int remaining = 0;
+    for (const auto& client : clients) remaining += client->num_queries;
+    for (const auto& client : clients) {
+      for (int row = 0; row < client->num_queries; ++row, --remaining) {
+        std::shared_ptr<Group> group = open_ ? open_ : open_group(now, remaining >= config_.k ? 0 : lone_turn_++);
+        group->queries.push_back({client, row});
+        group->race.add_query(now);
+        if (group->race.num_queries() == config_.k) close(group, now);
+        drive(group, out);
+      }
+    }
+    // without a bound, groups form within one execute only
+    if (config_.group_close_s <= 0 && open_) {
+      std::shared_ptr<Group> group = open_;
+      close(group, now);
+      drive(group, out);
+    }
+  });
+}
+
+std::shared_ptr<Group> Scheduler::open_group(double now, int turn) {
+  auto group = std::make_shared<Group>(next_id_++, config_, Race(code_, deadline_.deadline(), config_.timeout_s, now));
+  group->turn = turn;
+  groups_[group->id] = group;
+  open_ = group;
+  if (config_.group_close_s > 0) {
+    model_.timer.at(now + config_.group_close_s, [this, id = group->id] {
+      run([&](Outbox& out) {
+        if (!open_ || open_->id != id) return;
+        std::shared_ptr<Group> expired = open_;
+        close(expired, now_s());
+        drive(expired, out);
+      });
+    });
+  }
+  return group;
+}
+
+void Scheduler::close(const std::shared_ptr<Group>& group, double now) {
+  // Immediate redundancy costs nothing while a worker idles; under load the copy waits in
+  // reserve, sent only if the original errors or passes its deadline (a hedge).
+  const int queries = group->race.num_queries();
+  const bool copies_now =
+      config_.copy_when_idle && queries < config_.k && dispatcher_.idle_worker_for(group->id, queries, now);
+  group->race.close(now, copies_now);
+  if (config_.encoder == Encoder::Sum) group->encode_by_sum();
+  if (open_ == group) open_.reset();
+}
+
+void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
+  Group& g = *group;
+  while (!g.finished) {
+    const double now = now_s();
+    // an open group whose queries are all answered has nothing left to protect
+    if (open_ == group && g.race.all_resolved()) close(group, now);
+    Actions actions = g.race.poll(now);
+    for (const auto& [query, message] : actions.errors) fail(g, query, message, out);
+    bool again = false;
+    for (int role : actions.call) {
+      if (code_.is_original(role) || config_.encoder != Encoder::Model || g.encoded) {
+        dispatcher_.push({g.id, role, placement_.preferred(g.id, role, g.turn), g.held_back[role]});
+      } else if (!g.encoder_error.empty()) {
+        g.race.on_failure(role, g.encoder_error);
+        again = true;
+      } else {
+        g.awaiting_encoder.push_back(role);  // sent once the encoder answers
+        if (!g.encoder_started) out.encodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, {}, now}));
+        g.encoder_started = true;
+      }
+    }
+    if (actions.decode && config_.decoder == Decoder::Subtract) {
+      int missing = 0;
+      std::vector<float> estimate = g.decode_by_subtraction(missing);
+      for (const Fill& fill : g.race.on_decoded())
+        resolve(g, fill, fill.role == missing ? reinterpret_cast<const char*>(estimate.data()) : g.rows[fill.role], out);
+      g.counts.decode_us += (now_s() - now) * 1e6;
+      continue;
+    }
+    if (actions.decode) out.decodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, g.decoder_buffers(), now}));
+    if (actions.finished) return finish(g, actions, now);
+    if (!again) return schedule(group, actions.wakeup);
+  }
+}
+
+void Scheduler::settle(Outbox& out) {
+  while (true) {
+    std::vector<Task> held_back, unplaceable;
+    for (Assignment& assignment : dispatcher_.next(now_s(), held_back, unplaceable)) {
+      auto call = std::make_shared<MemberCall>();
+      call->scheduler = this;
+      call->worker = assignment.worker;
+      call->kind = placement_.model(assignment.tasks[0].role);
+      for (const Task& task : assignment.tasks) {
+        std::shared_ptr<Group> group = find(task.group);  // queued tasks of ended groups were dropped
+        group->worker_of[task.role] = assignment.worker;
+        group->call_of[task.role] = call;
+        call->groups.push_back(group);
+      }
+      call->tasks = std::move(assignment.tasks);
+      out.calls.push_back(call);
+    }
+    for (const Task& task : held_back) {
+      std::shared_ptr<Group> group = find(task.group);
+      group->held_back[task.role] = true;
+      group->race.on_held_back(task.role, "every member that may run it is suspended after " +
+                                              std::to_string(config_.suspend_after_misses) + " consecutive misses");
+      drive(group, out);
+    }
+    for (const Task& task : unplaceable) {
+      std::shared_ptr<Group> group = find(task.group);
+      group->race.on_failure(task.role, "every member that may run it already had a task of its group");
+      drive(group, out);
+    }
+    if (held_back.empty() && unplaceable.empty()) return;
+  }
+}
+
+void Scheduler::finish(Group& group, const Actions& actions, double now) {
+  group.finished = true;
+  // Stragglers no group needs: members have a dynamic batcher, so Triton drops them if queued.
+  for (int role : actions.cancel) {
+    std::shared_ptr<MemberCall> call = group.call_of[role].lock();
+    if (call && ++call->unneeded == call->tasks.size() && call->request)
+      TRITONSERVER_ErrorDelete(TRITONSERVER_InferenceRequestCancel(call->request));
+  }
+  GroupCounts& counts = group.counts;
+  for (int role = 0; role < config_.num_workers(); ++role) {
+    const int worker = group.worker_of[role];
+    if (worker < 0) continue;
+    if (group.race.state(role) == Call::Answered) health_.answered(worker);
+    if (group.race.state(role) != Call::Failed) continue;
+    health_.missed(worker, now);
+    counts.failed_workers.push_back(worker);
+  }
+  for (int role : group.race.late_roles(now)) {
+    if (group.worker_of[role] < 0) continue;
+    health_.missed(group.worker_of[role], now);
+    counts.late_workers.push_back(group.worker_of[role]);
+  }
+  counts.queries = group.race.num_queries();
+  counts.groups = 1;
+  counts.padded_slots = group.race.padded_slots();
+  model_.metrics.record(counts);
+  dispatcher_.forget(group.id);
+  groups_.erase(group.id);
+}
+
+void Scheduler::resolve(Group& group, const Fill& fill, const char* answer, Outbox& out) {
+  Group::Query& query = group.queries[fill.query];
+  ClientRequest& client = *query.client;
+  const size_t row_bytes = config_.output.row_bytes();
+  std::memcpy(client.answers.data() + query.row * row_bytes, answer, row_bytes);
+  client.reconstructed[query.row] = fill.reconstructed;
+  group.counts.reconstructed += fill.reconstructed;
+  if (++client.resolved == client.num_queries) out.responses.push_back(query.client);
+}
+
+void Scheduler::fail(Group& group, int query, const std::string& message, Outbox& out) {
+  ClientRequest& client = *group.queries[query].client;
+  if (client.error.empty()) client.error = message;
+  ++group.counts.errors;
+  if (++client.resolved == client.num_queries) out.responses.push_back(group.queries[query].client);
+}
+
+void Scheduler::schedule(const std::shared_ptr<Group>& group, double when) {
+  if (when >= group->wakeup) return;
+  group->wakeup = when;
+  model_.timer.at(when, [this, id = group->id] {
+    run([&](Outbox& out) {
+      std::shared_ptr<Group> woken = find(id);
+      if (!woken) return;
+      woken->wakeup = std::numeric_limits<double>::infinity();
+      drive(woken, out);
+    });
+  });
+}
+
+std::shared_ptr<Group> Scheduler::find(uint64_t id) const {
+  auto it = groups_.find(id);
+  return it == groups_.end() ? nullptr : it->second;
+}
+
+void Scheduler::flush(Outbox& out) {
+  for (const auto& call : out.calls) {
+    std::string error = send_member(call);
+    if (error.empty()) continue;
+    run([&](Outbox& next) {
+      dispatcher_.returned(call->worker);
+      call->answered = true;
+      for (size_t i = 0; i < call->tasks.size(); ++i) {
+        call->groups[i]->race.on_failure(call->tasks[i].role, error);
+        drive(call->groups[i], next);
+      }
+    });
+  }
+  for (const auto& call : out.encodes) {
+    std::string error = send_codec(call, true);
+    if (error.empty()) continue;
+    run([&](Outbox& next) {
+      Group& group = *call->group;
+      group.encoder_error = error;
+      for (int role : group.awaiting_encoder) group.race.on_failure(role, error);
+      group.awaiting_encoder.clear();
+      drive(call->group, next);
+    });
+  }
+  for (const auto& call : out.decodes) {
+    std::string error = send_codec(call, false);
+    if (error.empty()) continue;
+    run([&](Outbox& next) {
+      call->group->race.on_decode_failed(error);
+      drive(call->group, next);
+    });
+  }
+  for (const auto& client : out.responses) {
+    respond(*client, config_.output.name, model_.output_type, config_.output.dims);
+    model_.in_flight -= client->num_queries;
+  }
+}
+
+std::string Scheduler::send_member(const std::shared_ptr<MemberCall>& call) {
+  const std::string& model = config_.model_of(call->worker, call->kind);
+  try {
+    const int64_t rows = call->tasks.size();
+    const Group& first = *call->groups[0];
+    InputSpec input{config_.input.name, model_.input_type, batch_shape(rows, config_.input.dims), {}};
+    if (call->kind > 0 && config_.encoder == Encoder::Stack) {
+      input.shape = batch_shape(rows, batch_shape(config_.k, config_.input.dims));
+    } else if (call->kind > 0 && config_.encoder == Encoder::Model) {
+      input.dtype = first.encoded_view.dtype;
+      input.shape = batch_shape(rows, {first.encoded_view.shape.begin() + 2, first.encoded_view.shape.end()});
+    }
+    for (int64_t i = 0; i < rows; ++i) call->groups[i]->append_input(call->tasks[i].role, input);
+    RequestPtr request = new_request(model_.server, model, {input}, config_.member_output.name);
+    Hold<MemberCall> release_hold(new std::shared_ptr<MemberCall>(call));
+    Hold<MemberCall> response_hold(new std::shared_ptr<MemberCall>(call));
+    check(TRITONSERVER_InferenceRequestSetReleaseCallback(request.get(), on_member_release, release_hold.get()));
+    check(TRITONSERVER_InferenceRequestSetResponseCallback(request.get(), model_.allocator.get(), nullptr,
+                                                           on_member_response, response_hold.get()));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      call->request = request.get();
+    }
+    call->start = now_s();
+    if (TRITONSERVER_Error* e = TRITONSERVER_ServerInferAsync(model_.server, request.get(), nullptr)) {
+      ErrorPtr error(e);
+      std::lock_guard<std::mutex> lock(mutex_);
+      call->request = nullptr;
+      return model + ": " + TRITONSERVER_ErrorMessage(e);
+    }
+    request.release();  // Triton owns it until on_member_release
+    release_hold.release();
+    response_hold.release();
+    return "";
+  } catch (const TritonFailure& failure) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    call->request = nullptr;
+    return model + ": " + failure.what();
+  }
+}
+
+std::string Scheduler::send_codec(const std::shared_ptr<CodecCall>& call, bool encoder) {
+  const std::string& model = encoder ? config_.encoder_model : config_.decoder_model;
+  try {
+    std::vector<InputSpec> inputs;
+    if (encoder) {
+      inputs.push_back({"queries", model_.input_type, batch_shape(1, batch_shape(config_.k, config_.input.dims)), {}});
+      for (int slot = 0; slot < config_.k; ++slot)
+        inputs[0].chunks.emplace_back(call->group->slot_row(slot), config_.input.row_bytes());
+    } else {
+      const int64_t workers = config_.num_workers();
+      inputs.push_back({"results", model_.member_output_type, batch_shape(1, batch_shape(workers, config_.member_output.dims)),
+                        {{call->buffers[0].data(), call->buffers[0].size()}}});
+      inputs.push_back({"available", TRITONSERVER_TYPE_BOOL, {1, workers}, {{call->buffers[1].data(), call->buffers[1].size()}}});
+    }
+    RequestPtr request = new_request(model_.server, model, inputs, encoder ? "coded_queries" : "estimates");
+    Hold<CodecCall> release_hold(new std::shared_ptr<CodecCall>(call));
+    Hold<CodecCall> response_hold(new std::shared_ptr<CodecCall>(call));
+    check(TRITONSERVER_InferenceRequestSetReleaseCallback(request.get(), on_codec_release, release_hold.get()));
+    check(TRITONSERVER_InferenceRequestSetResponseCallback(request.get(), model_.allocator.get(), nullptr,
+                                                           encoder ? on_encoder_response : on_decoder_response,
+                                                           response_hold.get()));
+    check(TRITONSERVER_ServerInferAsync(model_.server, request.get(), nullptr));
+    request.release();
+    release_hold.release();
+    response_hold.release();
+    return "";
+  } catch (const TritonFailure& failure) {
+    return model + ": " + failure.what();
+  }
+}
+
+void Scheduler::on_member_release(TRITONSERVER_InferenceRequest* request, uint32_t, void* userp) {
+  Hold<MemberCall> hold(static_cast<std::shared_ptr<MemberCall>*>(userp));
+  MemberCall& call = **hold;
+  {
+    std::lock_guard<std::mutex> lock(call.scheduler->mutex_);
+    if (call.request == request) call.request = nullptr;
+  }
+  RequestPtr owned(request);
+}
+
+void Scheduler::on_member_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
+  auto* holder = static_cast<std::shared_ptr<MemberCall>*>(userp);
+  std::shared_ptr<MemberCall> call = *holder;
+  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
+  ResponsePtr owned(response);
+  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
+  call->answered = true;
+  call->scheduler->member_answered(call, std::move(owned));
+}
+
+void Scheduler::member_answered(const std::shared_ptr<MemberCall>& call, ResponsePtr response) {
+  const TensorDesc& expected = config_.member_output;
+  const size_t rows = call->tasks.size();
+  const double latency = now_s() - call->start;
+  std::vector<bool> usable(rows);
+  TensorView view{};
+  std::string error;
+  try {
+    if (!response) throw TritonFailure("no response");
+    view = output_of(response.get(), expected.name);
+    std::vector<int64_t> shape = batch_shape(rows, expected.dims);
+    if (view.dtype != model_.member_output_type || view.shape != shape)
+      throw TritonFailure(std::string("returned ") + TRITONSERVER_DataTypeString(view.dtype) + " " +
+                          shape_text(view.shape) + ", expected " + expected.dtype + " " + shape_text(shape));
+    for (size_t i = 0; i < rows; ++i)
+      usable[i] = row_finite(view.base + i * expected.row_bytes(), expected.elements(), expected.dtype);
+  } catch (const TritonFailure& failure) {
+    error = config_.model_of(call->worker, call->kind) + ": " + failure.what();
+  }
+  SharedResponse shared = share(std::move(response));
+  run([&](Outbox& out) {
+    dispatcher_.returned(call->worker);
+    if (error.empty()) deadline_.record(latency);
+    for (size_t i = 0; i < rows; ++i) {
+      const std::shared_ptr<Group>& group = call->groups[i];
+      const int role = call->tasks[i].role;
+      if (group->finished) continue;
+      if (!error.empty()) {
+        group->race.on_failure(role, error);
+      } else {
+        const char* row = view.base + i * expected.row_bytes();
+        std::vector<Fill> fills = group->race.on_answer(role, usable[i]);
+        if (group->race.state(role) == Call::Answered && !group->results[role]) {
+          group->results[role] = shared;
+          group->rows[role] = row;
+        }
+        for (const Fill& fill : fills) resolve(*group, fill, row, out);
+      }
+      drive(group, out);
+    }
+  });
+}
+
+void Scheduler::on_codec_release(TRITONSERVER_InferenceRequest* request, uint32_t, void* userp) {
+  Hold<CodecCall> hold(static_cast<std::shared_ptr<CodecCall>*>(userp));
+  RequestPtr owned(request);
+}
+
+void Scheduler::on_encoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
+  auto* holder = static_cast<std::shared_ptr<CodecCall>*>(userp);
+  std::shared_ptr<CodecCall> call = *holder;
+  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
+  ResponsePtr owned(response);
+  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
+  call->answered = true;
+  call->scheduler->codec_answered(call, std::move(owned), true);
+}
+
+void Scheduler::on_decoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
+  auto* holder = static_cast<std::shared_ptr<CodecCall>*>(userp);
+  std::shared_ptr<CodecCall> call = *holder;
+  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
+  ResponsePtr owned(response);
+  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
+  call->answered = true;
+  call->scheduler->codec_answered(call, std::move(owned), false);
+}
+
+void Scheduler::codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response, bool encoder) {
+  const std::string& model = encoder ? config_.encoder_model : config_.decoder_model;
+  std::string error;
+  TensorView view{};
+  try {
+    if (!response) throw TritonFailure("no response");
+    view = output_of(response.get(), encoder ? "coded_queries" : "estimates");
+    if (encoder && (view.shape.size() < 2 || view.shape[0] != 1 || view.shape[1] != config_.num_coded()))
+      throw TritonFailure("returned coded_queries " + shape_text(view.shape) + ", expected [1, " +
+                          std::to_string(config_.num_coded()) + ", ...]");
+    std::vector<int64_t> shape = batch_shape(1, batch_shape(config_.k, config_.output.dims));
+    if (!encoder && (view.dtype != model_.output_type || view.shape != shape))
+      throw TritonFailure(std::string("returned estimates ") + TRITONSERVER_DataTypeString(view.dtype) + " " +
+                          shape_text(view.shape) + ", expected " + config_.output.dtype + " " + shape_text(shape));
+  } catch (const TritonFailure& failure) {
+    error = model + ": " + failure.what();
+  }
+  run([&](Outbox& out) {
+    Group& group = *call->group;
+    if (group.finished) return;
+    if (encoder && error.empty()) {
+      group.encoded = share(std::move(response));
+      group.encoded_view = view;
+      for (int role : group.awaiting_encoder)
+        dispatcher_.push({group.id, role, placement_.preferred(group.id, role, group.turn), group.held_back[role]});
+    } else if (encoder) {
+      group.encoder_error = error;
+      for (int role : group.awaiting_encoder) group.race.on_failure(role, error);
+    } else if (error.empty()) {
+      for (const Fill& fill : group.race.on_decoded())
+        resolve(group, fill, view.base + fill.role * config_.output.row_bytes(), out);
+      group.counts.decode_us += (now_s() - call->start) * 1e6;
+    } else {
+      group.race.on_decode_failed(error);
+    }
+    if (encoder) group.awaiting_encoder.clear();
+    drive(call->group, out);
+  });
+}
+
+}  // namespace coded

@@ -1,0 +1,92 @@
+// The ensemble's scheduler on the server, one per model: coding groups formed as queries
+// stream in across executes (ParM's frontend), a queue of member tasks handed to workers as
+// they free up (late binding), and each group's race. One lock guards it all; calls into
+// Triton that may block or call back are made outside it.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "group.h"
+
+namespace coded {
+
+struct ModelState;
+class Scheduler;
+
+// One member call: a row per task, each of a different group.
+struct MemberCall {
+  Scheduler* scheduler;
+  int worker;
+  int kind;  // Placement::model of its roles
+  std::vector<Task> tasks;
+  std::vector<std::shared_ptr<Group>> groups;  // keep their query rows alive until Triton releases the call
+  double start = 0;
+  TRITONSERVER_InferenceRequest* request = nullptr;  // while Triton holds it
+  size_t unneeded = 0;  // tasks whose group ended: all of them, and the call is cancelled
+  bool answered = false;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(ModelState& model);
+  // Each query joins the open group; its original goes out at once. The open group closes on
+  // its k-th query, when all its queries are answered, or group_close_s after it opened.
+  void submit(const std::vector<std::shared_ptr<ClientRequest>>& clients);
+
+ private:
+  struct CodecCall {  // an encoder or decoder call for one group
+    Scheduler* scheduler;
+    std::shared_ptr<Group> group;
+    std::vector<std::vector<char>> buffers;
+    double start;
+    bool answered = false;
+  };
+  struct Outbox {  // what a locked step leaves to do outside the lock
+    std::vector<std::shared_ptr<MemberCall>> calls;
+    std::vector<std::shared_ptr<CodecCall>> encodes, decodes;
+    std::vector<std::shared_ptr<ClientRequest>> responses;
+  };
+  template <typename Step>
+  void run(Step step);
+  void flush(Outbox& out);
+
+  std::shared_ptr<Group> open_group(double now, int turn);
+  void close(const std::shared_ptr<Group>& group, double now);
+  void drive(const std::shared_ptr<Group>& group, Outbox& out);
+  void settle(Outbox& out);
+  void finish(Group& group, const Actions& actions, double now);
+  void resolve(Group& group, const Fill& fill, const char* answer, Outbox& out);
+  void fail(Group& group, int query, const std::string& message, Outbox& out);
+  void schedule(const std::shared_ptr<Group>& group, double when);
+  std::shared_ptr<Group> find(uint64_t id) const;
+
+  std::string send_member(const std::shared_ptr<MemberCall>& call);
+  std::string send_codec(const std::shared_ptr<CodecCall>& call, bool encoder);
+  void member_answered(const std::shared_ptr<MemberCall>& call, ResponsePtr response);
+  void codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response, bool encoder);
+
+  static void on_member_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
+  static void on_member_release(TRITONSERVER_InferenceRequest* request, uint32_t flags, void* userp);
+  static void on_encoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
+  static void on_decoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
+  static void on_codec_release(TRITONSERVER_InferenceRequest* request, uint32_t flags, void* userp);
+
+  ModelState& model_;
+  const EnsembleConfig& config_;
+  const CodeShape code_;
+  std::mutex mutex_;  // guards everything below and every group
+  MemberHealth health_;
+  const Placement placement_;
+  Dispatcher dispatcher_;
+  AdaptiveDeadline deadline_;
+  std::map<uint64_t, std::shared_ptr<Group>> groups_;  // open or racing
+  std::shared_ptr<Group> open_;  // the group new queries join
+  uint64_t next_id_ = 0;
+  int lone_turn_ = 0;  // turns of the groups that may stay partial
+};
+
+}  // namespace coded
