@@ -61,15 +61,17 @@ def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
     return spec(inputs[0]), spec(graph.output[0])
 
 
-def onnx_model(name: str, onnx_file: Path, accelerator: str | None = None, instances: int = 1) -> OnnxModelSpec:
+def onnx_model(name: str, onnx_file: Path, accelerator: str | None = None, instances: int = 1,
+               device: str | None = None) -> OnnxModelSpec:
     query, output = onnx_tensors(onnx_file)
-    return OnnxModelSpec(name, Path(onnx_file), (query,), (output,), instances=instances, accelerator=accelerator)
+    return OnnxModelSpec(name, Path(onnx_file), (query,), (output,), instances=instances, accelerator=accelerator,
+                         device=device)
 
 
 def coded_ensemble(
     name: str, code: CodeSpec, deployed_onnx: Path, coded_onnx: Path | None = None, *,
     answer: TensorSpec | None = None, files: tuple[Path, ...] = (), deadline_ms: float = DEFAULT_DEADLINE_MS,
-    accelerator: str | None = None,
+    accelerator: str | None = None, topology: str = "dedicated",
 ) -> tuple[ModelSpec, ...]:
     """A coded ensemble with its own members, encoder and decoder.
 
@@ -81,17 +83,25 @@ def coded_ensemble(
     built = make_code(code)
     if built.learned_parity != (coded_onnx is not None):
         raise ValueError(f"{code.kind} {'needs' if built.learned_parity else 'takes no'} parity model")
-    data_members = [onnx_model(f"{name}_member_{i}", deployed_onnx, accelerator)
-                    for i in range(built.k if built.systematic else 0)]
-    coded_members = [onnx_model(f"{name}_coded_{j}", coded_onnx or deployed_onnx, accelerator)
-                     for j in range(built.num_coded)]
-    members = (*data_members, *coded_members)
     query, member_output = onnx_tensors(deployed_onnx)
+    parities = ()
+    if topology == "every_worker":
+        # worker w: the deployed and the parity model on one emulated device (rate-limiter resource)
+        members = tuple(onnx_model(f"{name}_worker_{w}", deployed_onnx, accelerator, device=f"{name}_worker_{w}")
+                        for w in range(built.num_workers))
+        parities = tuple(onnx_model(f"{name}_worker_{w}_parity", coded_onnx or deployed_onnx, accelerator,
+                                    device=f"{name}_worker_{w}") for w in range(built.num_workers))
+    else:
+        members = (*(onnx_model(f"{name}_member_{i}", deployed_onnx, accelerator)
+                     for i in range(built.k if built.systematic else 0)),
+                   *(onnx_model(f"{name}_coded_{j}", coded_onnx or deployed_onnx, accelerator)
+                     for j in range(built.num_coded)))
     ensemble = CodedEnsembleSpec(
         name, code, tuple(m.name for m in members), query, answer or member_output, deadline_ms=deadline_ms,
-        member_output=member_output if answer else None, files=tuple(files),
+        member_output=member_output if answer else None, files=tuple(files), topology=topology,
+        parity_members=tuple(m.name for m in parities),
     )
-    return (*members, ensemble, *ensemble.codec_models())
+    return (*members, *parities, ensemble, *ensemble.codec_models())
 
 
 def deployment(

@@ -56,6 +56,8 @@ def _onnx_config(spec: OnnxModelSpec) -> mc.ModelConfig:
     # a dynamic batcher also lets Triton drop a member request the scheduler cancelled
     config.dynamic_batching.SetInParent()
     _set_parameters(config, spec.parameters)
+    if spec.device:
+        config.instance_group[0].rate_limiter.resources.add(name=spec.device, count=1)
     if spec.accelerator == "tensorrt":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
@@ -88,7 +90,16 @@ def _ensemble_config(spec: CodedEnsembleSpec) -> mc.ModelConfig:
         "max_in_flight": spec.max_queue_size,
         "suspend_after_misses": spec.suspend_after_misses,
         "probe_interval_ms": spec.probe_interval_ms,
+        "group_close_us": spec.group_close_us,
+        "copy_when_idle": str(spec.copy_when_idle).lower(),
+        "deadline_percentile": spec.deadline_percentile,
+        "deadline_margin": spec.deadline_margin,
+        "deadline_window": spec.deadline_window,
     })
+    if spec.deadline_min_ms is not None:
+        _set_parameters(config, {"deadline_min_ms": spec.deadline_min_ms})
+    if spec.topology == "every_worker":
+        _set_parameters(config, {"worker_models": ",".join(f"{m}:{p}" for m, p in zip(spec.members, spec.parity_members))})
     return config
 
 

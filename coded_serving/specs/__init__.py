@@ -45,6 +45,9 @@ class OnnxModelSpec:
     instances: int = 1
     accelerator: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    #: a Triton rate-limiter resource its instances share with the other models of one worker, so
+    #: that they run one at a time as on one device (needs ``ServerConfig.rate_limit``)
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.accelerator not in (None, "tensorrt"):
@@ -70,6 +73,17 @@ class CodedEnsembleSpec:
     ``member_output`` is what members return when it is not the answer itself (Coded-InvNet's
     features, turned into ``output`` by the decoder model); ``files`` are copied next to the
     decoder's config for the code to read (e.g. a head's weights).
+
+    Coding groups form as queries stream in: a group closes on its k-th query, once all its queries
+    are answered, or ``group_close_us`` after it opened; a partial group is padded with copies of its
+    own queries, and a lone query's copy is held in reserve and sent when its original errors or
+    passes the deadline, or at once when a worker idles (``copy_when_idle``). With ``deadline_min_ms``
+    the deadline adapts: ``deadline_percentile`` of the members' last ``deadline_window`` call
+    latencies times ``deadline_margin``, within [deadline_min_ms, deadline_ms]; without it the
+    deadline is ``deadline_ms``. ``topology="every_worker"``: each of the k+1 workers hosts the
+    deployed model (``members[w]``) and the parity model (``parity_members[w]``) and roles rotate per
+    group, so originals spread over every worker (serve with ``ServerConfig.rate_limit``, the
+    members declaring their worker as ``device``); ``"dedicated"``: member i only runs role i's model.
     """
 
     name: str
@@ -88,9 +102,23 @@ class CodedEnsembleSpec:
     max_queue_size: int = 256
     suspend_after_misses: int = 3
     probe_interval_ms: float = 1000.0
+    group_close_us: int = 2000
+    copy_when_idle: bool = False
+    deadline_min_ms: float | None = None
+    deadline_percentile: float = 95.0
+    deadline_margin: float = 1.5
+    deadline_window: int = 200
+    topology: str = "dedicated"
+    parity_members: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         code = make_code(self.code)
+        if self.topology not in ("dedicated", "every_worker"):
+            raise ValueError(f"ensemble {self.name!r}: topology must be 'dedicated' or 'every_worker', got {self.topology!r}")
+        if self.topology == "every_worker" and not (
+                code.systematic and code.num_coded == 1 and len(self.parity_members) == len(self.members)):
+            raise ValueError(f"ensemble {self.name!r}: every_worker needs a systematic code with one coded worker "
+                             "and one parity member per member")
         if len(self.members) != code.num_workers:
             raise ValueError(
                 f"ensemble {self.name!r}: code {self.code.kind} k={self.code.k} needs {code.num_workers} members, "
