@@ -68,7 +68,7 @@ def metric(page: str, name: str, **labels) -> float:
     for line in page.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in wanted.items()):
             return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    raise AssertionError(f"{name}{wanted} is not on the metrics page (see test_ensemble_metrics_survive_reloads)")
 
 
 def settled_page(server, timeout_s: float = 15.0) -> str:
@@ -196,12 +196,15 @@ def test_hung_member_at_20_per_second_loses_nothing_and_keeps_threads_and_memory
 
 # 3. exactly one response per request ------------------------------------------------------------
 
-def test_64_clients_under_churn_and_a_double_failure_get_exactly_one_response_each(server, admin, images, want):
+def test_64_clients_under_churn_and_a_double_failure_get_exactly_one_response_each(server, admin, override_parameters,
+                                                                                  images, want):
     """64 clients, batches of 1..8, while members are unloaded and loaded back one at a time, then two
     members of the group are down at once: every request gets exactly one response (Triton's count of
     the ensemble's responses grows by the number of requests); every answer is the request's own;
     errors are only the clear 'no answer and no reconstruction possible', only while two members are
-    down, and come within timeout_ms plus a margin measured on the healthy run."""
+    down, and come within timeout_ms plus a margin measured on the healthy run. The ensemble may hold
+    64 x 8 queries, so its overload rejection (tested elsewhere) stays out of this test."""
+    override_parameters(ENSEMBLE, {"max_in_flight": str(64 * 8)})
     url = server.config.http_url
     records = []  # (start, end, n, first row, result or error text)
     lock, stop = threading.Lock(), threading.Event()
@@ -260,7 +263,8 @@ def test_64_clients_under_churn_and_a_double_failure_get_exactly_one_response_ea
     assert not any(thread.is_alive() for thread in threads), "a client never got its response"
 
     healthy = np.array([(end - start) * 1000 for start, end, _, _, o in records if end <= healthy_end])
-    assert all(not isinstance(o, str) for s, e, _, _, o in records if e <= healthy_end)
+    healthy_errors = [o for _, e, _, _, o in records if e <= healthy_end and isinstance(o, str)]
+    assert not healthy_errors, (len(healthy_errors), healthy_errors[:3])
     margin_ms = 10 * float(np.quantile(healthy, 0.99))
     errors = [(s, e, o) for s, e, _, _, o in records if isinstance(o, str)]
     assert errors, "two members down, yet no request was unanswerable"
@@ -292,19 +296,19 @@ def test_member_slow_on_lone_queries_is_suspended_then_called_only_by_probes(ser
     healthy = lone_latencies_ms(url, images)
     deadline_ms = max(10.0, 5 * float(np.quantile(healthy, 0.9)))
     override_parameters(ENSEMBLE, {"deadline_ms": f"{deadline_ms:.1f}"})
-    inject_faults(MEMBERS[0], FaultInjection(delay_ms=20 * deadline_ms))
+    delay_ms = 3 * deadline_ms  # late every time, yet back soon enough to be called again and again
+    inject_faults(MEMBERS[0], FaultInjection(delay_ms=delay_ms))
     probe_s = float(shipped_config(ENSEMBLE).parameters["probe_interval_ms"].string_value) / 1000
     late = lambda page: metric(page, "coded_member_late_total", member=MEMBERS[0])  # noqa: E731
 
     start = settled_page(server)
     with ModelClient(url, ENSEMBLE) as client:
-        for i in range(200):  # until suspended: 3 consecutive late turns
-            result = client.infer(images[i:i + 1])
+        give_up, i = time.monotonic() + 60, 0
+        while late(scrape(server)) - late(start) < 3:  # until suspended: 3 consecutive late turns
+            assert time.monotonic() < give_up, "member 0 was never counted late 3 times"
+            result = client.infer(images[i % 256:i % 256 + 1])
             assert not result.reconstructed.any()
-            if late(scrape(server)) - late(start) >= 3:
-                break
-        else:
-            pytest.fail("member 0 was never counted late 3 times")
+            i += 1
         before = settled_page(server)
         window_s, sent, began = 4 * probe_s, 0, time.monotonic()
         while time.monotonic() - began < window_s:
@@ -317,9 +321,28 @@ def test_member_slow_on_lone_queries_is_suspended_then_called_only_by_probes(ser
     probes = late(after) - late(before)
     allowed = window_s / probe_s + 2
     assert 1 <= probes <= allowed, probes
-    assert sent / 2 > 3 * allowed  # without the breaker member 0 would have had sent / 2 late turns
+    # without the breaker, member 0 would take every other turn it is free for: far more calls
+    assert min(sent / 2, window_s * 1000 / delay_ms) > 2 * allowed, (sent, delay_ms)
     assert metric(after, "coded_member_late_total", member=MEMBERS[1]) - metric(
         before, "coded_member_late_total", member=MEMBERS[1]) < sent / 10
+
+
+# metrics across reloads --------------------------------------------------------------------------
+
+def test_ensemble_metrics_survive_reloads(server, override_parameters, images):
+    """Every config override reloads the ensemble; its coded_* counters must stay on the metrics page
+    (the tests above read them after such reloads). Seen failing: after about one reload in ten,
+    every coded_* line of the ensemble is gone until the next reload, while it keeps serving."""
+    for n in range(20):
+        override_parameters(ENSEMBLE, {"deadline_ms": f"{10 + n}"})
+        with ModelClient(server.config.http_url, ENSEMBLE) as client:
+            client.infer(images[:8])
+        deadline, page = time.monotonic() + 5, scrape(server)
+        while f'coded_queries_total{{model="{ENSEMBLE}"}}' not in page and time.monotonic() < deadline:
+            time.sleep(0.1)
+            page = scrape(server)
+        assert f'coded_queries_total{{model="{ENSEMBLE}"}}' in page, f"coded_* metrics gone after reload {n + 1}"
+        assert metric(page, "coded_member_late_total", member=MEMBERS[0]) >= 0
 
 
 # 5. codec="models": a failing encoder fails no original -----------------------------------------
