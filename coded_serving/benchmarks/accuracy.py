@@ -426,7 +426,10 @@ def benchmark_repository(entries: Sequence[Entry], onnx_dir: Path, deadline_ms: 
     for entry in entries:
         ensemble = CodedEnsembleSpec(entry.name, entry.code, entry.members(),
                                      *onnx_tensors(onnx_dir / f"{entry.arch}.onnx"), deadline_ms=deadline_ms,
-                                     timeout_ms=2 * deadline_ms, max_batch_size=max_batch)
+                                     timeout_ms=2 * deadline_ms, max_batch_size=max_batch,
+                                     # each request its own groups, slot i on member i: a lost member
+                                     # costs the queries the offline computation expects
+                                     group_close_us=0, pin_roles=True)
         models += [ensemble, *ensemble.codec_models()]
     return RepositorySpec(tuple(models))
 

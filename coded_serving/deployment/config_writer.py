@@ -98,6 +98,8 @@ def _ensemble_config(spec: CodedEnsembleSpec) -> mc.ModelConfig:
     })
     if spec.deadline_min_ms is not None:
         _set_parameters(config, {"deadline_min_ms": spec.deadline_min_ms})
+    if spec.pin_roles:
+        _set_parameters(config, {"pin_roles": "true"})
     if spec.topology == "every_worker":
         _set_parameters(config, {"worker_models": ",".join(f"{m}:{p}" for m, p in zip(spec.members, spec.parity_members))})
     return config

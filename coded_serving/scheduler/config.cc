@@ -203,6 +203,8 @@ EnsembleConfig EnsembleConfig::from_model_config(const std::string& text) {
   c.group_close_s = p.number("group_close_us", "2000", 0) / 1e6;
   c.copy_when_idle = p.choice("copy_when_idle", "false", {"true", "false"}) == "true";
   c.calls_per_worker = p.integer("calls_per_worker", "1", 1);
+  c.pin_roles = p.choice("pin_roles", "false", {"true", "false"}) == "true";
+  if (c.pin_roles && c.every_worker()) bad("pin_roles", "applies to the dedicated placement only");
   c.timeout_s = p.number("timeout_ms", "5000", 0) / 1000;
   if (c.timeout_s <= 0) bad("timeout_ms", "must be positive");
   c.suspend_after_misses = p.integer("suspend_after_misses", "3", 0);

@@ -50,6 +50,7 @@ struct EnsembleConfig {
   double group_close_s = 0.002;  // how long a group waits for its k queries
   bool copy_when_idle = false;   // a lone query's copy goes out at close if a worker idles
   int calls_per_worker = 1;      // member calls in flight per worker (late binding)
+  bool pin_roles = false;        // data role i only on member i: which queries a lost member costs is known
   double timeout_s = 5.0;
   int suspend_after_misses = 3;
   double probe_interval_s = 1.0;

@@ -219,7 +219,7 @@ std::vector<int> Race::late_roles(double now) const {
 
 bool Placement::runs(int worker, int role) const {
   if (every_worker) return true;
-  if (code.is_original(role)) return worker < code.k;
+  if (code.is_original(role)) return pinned ? worker == role : worker < code.k;
   return worker == role;
 }
 

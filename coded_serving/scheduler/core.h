@@ -135,6 +135,7 @@ class Race {
 struct Placement {
   CodeShape code;
   bool every_worker = false;
+  bool pinned = false;  // dedicated, data role i only on data worker i
   bool runs(int worker, int role) const;
   int model(int role) const { return code.is_original(role) ? 0 : 1 + role - (code.systematic ? code.k : 0); }
   // Where a role goes when loads are equal. Every worker: roles rotate with the group. Dedicated:

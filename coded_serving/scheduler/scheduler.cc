@@ -25,7 +25,7 @@ Scheduler::Scheduler(ModelState& model)
       config_(model.config),
       code_(model.code()),
       health_(config_.num_workers(), config_.suspend_after_misses, config_.probe_interval_s),
-      placement_{code_, config_.every_worker()},
+      placement_{code_, config_.every_worker(), config_.pin_roles},
       dispatcher_(placement_, config_.calls_per_worker, config_.max_batch_size, &health_),
       deadline_(config_.deadline_min_s, config_.deadline_s, config_.deadline_percentile, config_.deadline_margin,
                 config_.deadline_window) {}

@@ -83,7 +83,9 @@ class CodedEnsembleSpec:
     deadline is ``deadline_ms``. ``topology="every_worker"``: each of the k+1 workers hosts the
     deployed model (``members[w]``) and the parity model (``parity_members[w]``) and roles rotate per
     group, so originals spread over every worker (serve with ``ServerConfig.rate_limit``, the
-    members declaring their worker as ``device``); ``"dedicated"``: member i only runs role i's model.
+    members declaring their worker as ``device``); ``"dedicated"``: the data members run the originals
+    (whichever is free first) and coded member j the coded query j. ``pin_roles`` binds data role i to
+    member i, so which queries a lost member costs is known in advance (the accuracy benchmark).
     """
 
     name: str
@@ -110,11 +112,14 @@ class CodedEnsembleSpec:
     deadline_window: int = 200
     topology: str = "dedicated"
     parity_members: tuple[str, ...] = ()
+    pin_roles: bool = False
 
     def __post_init__(self) -> None:
         code = make_code(self.code)
         if self.topology not in ("dedicated", "every_worker"):
             raise ValueError(f"ensemble {self.name!r}: topology must be 'dedicated' or 'every_worker', got {self.topology!r}")
+        if self.pin_roles and self.topology != "dedicated":
+            raise ValueError(f"ensemble {self.name!r}: pin_roles applies to the dedicated topology only")
         if self.topology == "every_worker" and not (
                 code.systematic and code.num_coded == 1 and len(self.parity_members) == len(self.members)):
             raise ValueError(f"ensemble {self.name!r}: every_worker needs a systematic code with one coded worker "

@@ -294,6 +294,20 @@ TEST(late_binding_hands_a_task_to_the_worker_that_frees_first) {
   CHECK(next[0].tasks[0].group == 3 && next[0].tasks[1].group == 4);
 }
 
+TEST(pinned_roles_wait_for_their_own_member) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, false, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  CHECK(workers_of(dispatcher.next(0, held, unplaceable)) == std::vector<int>{0});
+  dispatcher.push(task(2, 0));  // member 1 is free, but role 0 runs only on member 0
+  CHECK(dispatcher.next(0, held, unplaceable).empty());
+  dispatcher.returned(0);
+  CHECK(workers_of(dispatcher.next(0, held, unplaceable)) == std::vector<int>{0});
+  CHECK(!placement_under_test.runs(1, 0) && placement_under_test.runs(1, 1) && placement_under_test.runs(2, 2));
+}
+
 TEST(dedicated_placement_keeps_parity_on_its_worker) {
   MemberHealth health(3, 3, 1.0);
   placement_under_test = Placement{kParm, false};
