@@ -57,6 +57,17 @@ def override_parameters(admin):
 
 
 @pytest.fixture
+def override_config(admin):
+    """Reload a model with its shipped config changed in place by ``change(config)``, for one test."""
+    def override(model: str, change) -> None:
+        config = shipped_config(model)
+        change(config)
+        admin.overridden.add(model)
+        load_with_config(admin, model, config)
+    return override
+
+
+@pytest.fixture
 def inject_faults(override_parameters):
     """Reload a member with fault-injection parameters."""
     return lambda model, faults: override_parameters(model, faults.to_parameters())
