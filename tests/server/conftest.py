@@ -36,6 +36,7 @@ def admin(server):
     client = with_admin_key(http.InferenceServerClient(server.config.http_url), server.config.http_url)
     client.overridden = set()
     yield client
+    assert server.running, f"tritonserver died during this test; see {server.log_path}"
     for model in client.get_model_repository_index():
         if model["name"] in client.overridden:  # an unchanged repository would not be re-read
             load_with_config(client, model["name"], shipped_config(model["name"]))
