@@ -102,7 +102,7 @@ using namespace coded;
 
 extern "C" {
 
-TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
+TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
   uint32_t major = 0, minor = 0;
   if (TRITONSERVER_Error* e = TRITONBACKEND_ApiVersion(&major, &minor)) return e;
   if (major != kBackendApiMajor || minor < kBackendApiMinor)
@@ -110,6 +110,20 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
                  "coded_ensemble backend needs Triton backend API " + std::to_string(kBackendApiMajor) + "." +
                      std::to_string(kBackendApiMinor) + " or a later minor version; this server speaks " +
                      std::to_string(major) + "." + std::to_string(minor));
+  try {
+    auto families = std::make_unique<MetricFamilies>();
+    check(TRITONBACKEND_BackendSetState(backend, families.get()));
+    families.release();
+    return nullptr;
+  } catch (const std::exception& failure) {
+    return error(TRITONSERVER_ERROR_INTERNAL, std::string("coded_ensemble backend: ") + failure.what());
+  }
+}
+
+TRITONSERVER_Error* TRITONBACKEND_Finalize(TRITONBACKEND_Backend* backend) {
+  void* families = nullptr;
+  if (TRITONSERVER_Error* e = TRITONBACKEND_BackendState(backend, &families)) return e;
+  delete static_cast<MetricFamilies*>(families);
   return nullptr;
 }
 
@@ -126,7 +140,11 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
     EnsembleConfig config = EnsembleConfig::from_model_config(std::string(json, size));
     TRITONSERVER_Server* server = nullptr;
     check(TRITONBACKEND_ModelServer(model, &server));
-    auto state = std::make_unique<ModelState>(std::move(config), server);
+    TRITONBACKEND_Backend* backend = nullptr;
+    check(TRITONBACKEND_ModelBackend(model, &backend));
+    void* families = nullptr;
+    check(TRITONBACKEND_BackendState(backend, &families));
+    auto state = std::make_unique<ModelState>(std::move(config), server, *static_cast<MetricFamilies*>(families));
     check(TRITONBACKEND_ModelSetState(model, state.get()));
     state.release();
     return nullptr;

@@ -34,25 +34,33 @@ void Counter::add(double value) const {
   if (value > 0) TRITONSERVER_ErrorDelete(TRITONSERVER_MetricIncrement(metric_.get(), value));
 }
 
-TRITONSERVER_MetricFamily* EnsembleMetrics::family(const char* name, const char* description) {
+static FamilyPtr counter_family(const char* name, const char* description) {
   TRITONSERVER_MetricFamily* family = nullptr;
   check(TRITONSERVER_MetricFamilyNew(&family, TRITONSERVER_METRIC_KIND_COUNTER, name, description));
-  families_.emplace_back(family);
-  return family;
+  return FamilyPtr(family);
 }
 
-EnsembleMetrics::EnsembleMetrics(const std::string& model, const std::vector<std::string>& members) {
-  queries_ = Counter(family("coded_queries_total", "queries answered by a coded ensemble"), model);
-  reconstructed_ = Counter(family("coded_reconstructed_total", "queries answered by a reconstruction"), model);
-  errors_ = Counter(family("coded_query_errors_total", "queries answered with an error"), model);
-  groups_ = Counter(family("coded_groups_total", "coding groups formed"), model);
-  padded_ = Counter(family("coded_padded_slots_total", "slots of partial groups filled with copies"), model);
-  decode_us_ = Counter(family("coded_decode_duration_us_total", "time spent decoding"), model);
-  TRITONSERVER_MetricFamily* failed = family("coded_member_errors_total", "member calls that failed");
-  TRITONSERVER_MetricFamily* late = family("coded_member_late_total", "member calls past the deadline");
+MetricFamilies::MetricFamilies()
+    : queries(counter_family("coded_queries_total", "queries answered by a coded ensemble")),
+      reconstructed(counter_family("coded_reconstructed_total", "queries answered by a reconstruction")),
+      errors(counter_family("coded_query_errors_total", "queries answered with an error")),
+      groups(counter_family("coded_groups_total", "coding groups formed")),
+      padded(counter_family("coded_padded_slots_total", "slots of partial groups filled with copies")),
+      decode_us(counter_family("coded_decode_duration_us_total", "time spent decoding")),
+      member_errors(counter_family("coded_member_errors_total", "member calls that failed")),
+      member_late(counter_family("coded_member_late_total", "member calls past the deadline")) {}
+
+EnsembleMetrics::EnsembleMetrics(const MetricFamilies& families, const std::string& model,
+                                 const std::vector<std::string>& members)
+    : queries_(families.queries.get(), model),
+      reconstructed_(families.reconstructed.get(), model),
+      errors_(families.errors.get(), model),
+      groups_(families.groups.get(), model),
+      padded_(families.padded.get(), model),
+      decode_us_(families.decode_us.get(), model) {
   for (const auto& member : members) {
-    member_errors_.emplace_back(failed, model, member);
-    member_late_.emplace_back(late, model, member);
+    member_errors_.emplace_back(families.member_errors.get(), model, member);
+    member_late_.emplace_back(families.member_late.get(), model, member);
   }
 }
 

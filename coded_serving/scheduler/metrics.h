@@ -35,15 +35,21 @@ struct GroupCounts {
   std::vector<int> failed_workers, late_workers;
 };
 
+// One family per counter name for the whole backend, created at its initialise and deleted at
+// its finalise. Triton reference-counts a labelled metric only within one family object: two
+// family objects of one name (two ensembles, or the old and new version of one during a reload)
+// share the Prometheus family, and deleting one's metric frees the counter the other still uses.
+struct MetricFamilies {
+  MetricFamilies();
+  FamilyPtr queries, reconstructed, errors, groups, padded, decode_us, member_errors, member_late;
+};
+
 class EnsembleMetrics {
  public:
-  EnsembleMetrics(const std::string& model, const std::vector<std::string>& members);
+  EnsembleMetrics(const MetricFamilies& families, const std::string& model, const std::vector<std::string>& members);
   void record(const GroupCounts& counts) const;
 
  private:
-  TRITONSERVER_MetricFamily* family(const char* name, const char* description);
-
-  std::vector<FamilyPtr> families_;  // declared first: a metric must not outlive its family
   Counter queries_, reconstructed_, errors_, groups_, padded_, decode_us_;
   std::vector<Counter> member_errors_, member_late_;
 };

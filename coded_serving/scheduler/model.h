@@ -14,14 +14,14 @@
 namespace coded {
 
 struct ModelState {
-  ModelState(EnsembleConfig c, TRITONSERVER_Server* s)
+  ModelState(EnsembleConfig c, TRITONSERVER_Server* s, const MetricFamilies& families)
       : config(std::move(c)),
         server(s),
         input_type(TRITONSERVER_StringToDataType(config.input.dtype.c_str())),
         output_type(TRITONSERVER_StringToDataType(config.output.dtype.c_str())),
         member_output_type(TRITONSERVER_StringToDataType(config.member_output.dtype.c_str())),
         allocator(cpu_allocator()),
-        metrics(config.name, config.members),
+        metrics(families, config.name, config.members),
         scheduler(*this) {}
 
   CodeShape code() const {
