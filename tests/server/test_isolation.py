@@ -330,7 +330,7 @@ def test_member_slow_on_lone_queries_is_suspended_then_called_only_by_probes(ser
 
 def test_ensemble_metrics_survive_reloads(tmp_path, images):
     """Every config override reloads the ensemble; its coded_* counters must stay on the metrics page
-    (the tests above read them after such reloads). Seen failing: after about one reload in ten,
+    (the tests above read them after such reloads). Seen failing: after about one reload in ten (not on every run),
     every coded_* line of the ensemble is gone until the next reload, while it keeps serving; or the
     server aborts (heap corruption) or segfaults. On its own server, so a crash takes no other test down."""
     config = ServerConfig(DEFAULT_REPOSITORY, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
@@ -345,7 +345,7 @@ def test_ensemble_metrics_survive_reloads(tmp_path, images):
 def reload_and_check_metrics(server, admin, images):
     import json
     from google.protobuf import json_format
-    for n in range(20):
+    for n in range(40):  # seen failing at reloads 1, 3, 10 and 18: one reload in ten or so
         config = shipped_config(ENSEMBLE)
         config.parameters["deadline_ms"].string_value = f"{10 + n}"
         admin.unload_model(ENSEMBLE)  # as the admin fixture's load_with_config does
