@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
+import threading
 import tempfile
 from pathlib import Path
 
@@ -81,11 +83,21 @@ def write_section(report: Path, heading: str, lines: list[str], status: int) -> 
 
 def hung_member_report(args, images) -> int:
     timeout_ms = 5000.0
+    loads, done = [], threading.Event()
+
+    def sample_load() -> None:  # what else the machine was doing: its 1-minute load average
+        while not done.wait(5.0):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample_load, daemon=True).start()
     with tempfile.TemporaryDirectory() as tmp:
         repository = hung_member_repository(Path(tmp), MEMBERS[0], timeout_ms=timeout_ms)
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with TritonServer(config, Path(tmp) / "server.log") as server:
             result = run_hung_member(config.http_url, server.pid, "lenet5_parm", images, args.seconds, args.rate)
+    done.set()
+    load = (f" 1-minute load average during the run: mean {sum(loads) / len(loads):.1f}, max {max(loads):.1f} "
+            f"on {os.cpu_count()} cores (this soak included)." if loads else "")
     samples = result.samples
     warm = next((s for s in samples if s[0] >= 10), samples[0])
     late = result.latencies_ms and max(result.latencies_ms) >= timeout_ms
@@ -94,7 +106,7 @@ def hung_member_report(args, images) -> int:
         "",
         f"Regenerate: `.venv/bin/python loadtest/soak.py --hung-member --seconds {args.seconds:.0f} --rate {args.rate:g}`. "
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_description()}."
-        + (f" Meanwhile: {args.note}." if args.note else ""),
+        + load + (f" Meanwhile: {args.note}." if args.note else ""),
         "",
         f"`lenet5_parm` (shipped models) on the wheel's tritonserver; `{MEMBERS[0]}` sleeps an hour in every execute "
         f"(it never answers); timeout_ms {timeout_ms:g}. Open-loop HTTP traffic at {args.rate:g} req/s, batches of 1..4. "
