@@ -37,11 +37,13 @@ from coded_serving.deployment.builder import coded_ensemble, onnx_model
 from coded_serving.runtime.faults import FaultInjection
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import model_config, write_repository
-from coded_serving.specs import OnnxModelSpec, RepositorySpec
+from coded_serving.specs import CodedEnsembleSpec, OnnxModelSpec, RepositorySpec
 
 NO_REDUNDANCY = "no_redundancy"
 EQUAL_RESOURCES = "equal_resources"
 CODED = "parm"
+#: the coded ensemble with redundancy on every worker (each worker: deployed + parity model, one device)
+CODED_EVERY_WORKER = "parm_ew"
 
 
 def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2, deadline_ms: float = 10.0,
@@ -63,6 +65,37 @@ def benchmark_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2
     return RepositorySpec(tuple(configured(model) for model in models))
 
 
+def sweep_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2, deadline_ms: float = 10.0,
+                          deadline_min_ms: float = 3.0, service_ms: float = 5.0) -> RepositorySpec:
+    """The load sweep's systems: no redundancy (k instances), Equal-Resources (k + 1), ParM with dedicated
+    parity (``CODED``) and ParM with redundancy on every worker (``CODED_EVERY_WORKER``: k + 1 workers, each
+    the deployed and the parity model sharing one rate-limiter resource; serve with ``rate_limit``). Both
+    coded ensembles: adaptive deadline (``deadline_min_ms`` .. ``deadline_ms``) and ``copy_when_idle``."""
+    def tuned(models):
+        return tuple(replace(m, copy_when_idle=True, deadline_min_ms=deadline_min_ms)
+                     if isinstance(m, CodedEnsembleSpec) else m for m in models)
+
+    models = (
+        replace(onnx_model(NO_REDUNDANCY, deployed_onnx), instances=k),
+        replace(onnx_model(EQUAL_RESOURCES, deployed_onnx), instances=k + 1),
+        *tuned(coded_ensemble(CODED, CodeSpec("parm-addition", k), deployed_onnx, parity_onnx,
+                              deadline_ms=deadline_ms)),
+        *tuned(coded_ensemble(CODED_EVERY_WORKER, CodeSpec("parm-addition", k), deployed_onnx, parity_onnx,
+                              deadline_ms=deadline_ms, topology="every_worker")),
+    )
+    service = FaultInjection(service_ms=service_ms).to_parameters() if service_ms else {}
+    return RepositorySpec(tuple(replace(m, parameters=service) if isinstance(m, OnnxModelSpec) else m
+                                for m in models))
+
+
+def member_models(spec: RepositorySpec, model: str) -> tuple[str, ...]:
+    """The models that do the work of ``model``: itself, or a coded ensemble's members (parity included)."""
+    found = next(m for m in spec.models if m.name == model)
+    if isinstance(found, CodedEnsembleSpec):
+        return (*found.members, *found.parity_members)
+    return (model,)
+
+
 @dataclass(frozen=True)
 class Contention:
     """``processes`` busy loops pinned to ``core``, with the stub of one instance of ``model``."""
@@ -81,6 +114,8 @@ class Failure:
     model: str
     at_s: float
     instance: int = 0
+    #: more models unloaded with ``model`` (one worker's parity model, say)
+    also: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("kill", "unload"):
@@ -166,6 +201,17 @@ class ScenarioResult:
     #: successful requests of the measured window, for plots
     latencies_ms: np.ndarray = field(repr=False)
     error_examples: tuple[str, ...] = ()
+    #: inferences (queries) the system's member models ran over the whole run, None where not counted
+    member_calls: int | None = None
+    #: queries sent over the whole run (warm-up and errors included): what ``member_calls`` compares with
+    queries_sent: int = 0
+
+    @property
+    def extra_work(self) -> float | None:
+        """Member calls beyond one per query, as a fraction of the queries."""
+        if self.member_calls is None or not self.queries_sent:
+            return None
+        return self.member_calls / self.queries_sent - 1
 
 
 def summarize(scenario: Scenario, samples: Samples, server_cpu_s: float, load_average: float,
@@ -200,6 +246,7 @@ def summarize(scenario: Scenario, samples: Samples, server_cpu_s: float, load_av
         send_lag_p99_ms=float(np.percentile(samples.send_lag_ms[window], 99)),
         latencies_ms=latencies,
         error_examples=tuple(sorted(set(errors)))[:3],
+        queries_sent=queries,
     )
 
 
@@ -238,13 +285,13 @@ BENCHMARK_PYTHON_THREAD_POOL = 512
 class BenchmarkServer:
     """A tritonserver on loopback serving a benchmark repository, with per-scenario fault control."""
 
-    def __init__(self, spec: RepositorySpec, workdir: Path):
+    def __init__(self, spec: RepositorySpec, workdir: Path, rate_limit: bool = False):
         self.spec = spec
         self.models = {model.name: model for model in spec.models}
         self.workdir = Path(workdir)
         repository = write_repository(spec, self.workdir / "repository")
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              python_thread_pool=BENCHMARK_PYTHON_THREAD_POOL)
+                              python_thread_pool=BENCHMARK_PYTHON_THREAD_POOL, rate_limit=rate_limit)
         self.server = TritonServer(config, self.workdir / "server.log")
         self.admin: http.InferenceServerClient | None = None
         #: models now loaded with something else than their written config
@@ -304,7 +351,16 @@ class BenchmarkServer:
             self.stub(failure.model, failure.instance).send_signal(signal.SIGKILL)
             self._broken.add(failure.model)
         else:
-            self.admin.unload_model(failure.model)
+            for model in (failure.model, *failure.also):
+                self.admin.unload_model(model)
+
+    def inferences(self, models: tuple[str, ...]) -> int:
+        """Queries run so far by ``models`` (Triton's inference_count: batch items of successful executes)."""
+        total = 0
+        for model in models:
+            for entry in self.admin.get_inference_statistics(model).get("model_stats", ()):
+                total += int(entry.get("inference_count", 0))
+        return total
 
 
 class CpuContention:
@@ -361,6 +417,8 @@ def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, o
     command = locust_command(locustfile, scenario, bench.url(scenario.protocol), out_dir)
     load_average = os.getloadavg()[0]
     cpu_before = bench.cpu_seconds()
+    members = member_models(bench.spec, scenario.model)
+    calls_before = bench.inferences(members)
     with open(out_dir / f"{scenario.slug}.log", "wb") as log, ExitStack() as stack:
         if scenario.contention:
             stub = bench.stub(scenario.contention.model, scenario.contention.instance)
@@ -371,8 +429,14 @@ def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, o
             bench.fail(scenario.failure)
         code = locust.wait(scenario.duration_s + 120)
     cpu_s = bench.cpu_seconds() - cpu_before
+    try:
+        calls = bench.inferences(members) - calls_before
+    except Exception:  # a member still unloaded: its statistics are gone
+        calls = None
     samples_path = out_dir / f"{scenario.slug}_samples.csv"
     if code != 0 or not samples_path.is_file():
         raise RuntimeError(f"locust failed (exit code {code}) in scenario {scenario.slug}; see {out_dir / scenario.slug}.log")
     coded = model_config(bench.models[scenario.model]).backend == "coded_ensemble"
-    return summarize(scenario, Samples.from_csv(samples_path), cpu_s, load_average, coded)
+    result = summarize(scenario, Samples.from_csv(samples_path), cpu_s, load_average, coded)
+    result.member_calls = calls
+    return result

@@ -380,3 +380,400 @@ def run_benchmark(settings: BenchmarkSettings, deployed_onnx: Path, parity_onnx:
                    git_revision(), load_average)
     write_report(report, info, settings, results, workdir / "runs")
     return results
+
+
+# --- The load sweep: where coding wins against replication and hedging -------------------------------------------
+
+from coded_serving.benchmarks.load import (  # noqa: E402
+    CODED_EVERY_WORKER, member_models, sweep_repository_spec,
+)
+
+CODED_DEDICATED = CODED
+SWEEP_SYSTEMS = (NO_REDUNDANCY, EQUAL_RESOURCES, HEDGED, CODED_DEDICATED, CODED_EVERY_WORKER)
+SWEEP_NAMES = {**SYSTEM_NAMES, CODED_DEDICATED: "coded, dedicated parity", CODED_EVERY_WORKER: "coded, every worker"}
+CODED_SYSTEMS = (CODED_DEDICATED, CODED_EVERY_WORKER)
+INTERMITTENT = "intermittently slow worker"
+PERSISTENT = "persistently slow worker"
+KILLED_WORKER = "killed worker"
+SWEEP_CONDITIONS = (INTERMITTENT, PERSISTENT, KILLED_WORKER)
+CAPACITY = "capacity (closed loop, healthy)"
+HEDGE_TUNING = "hedge delay tuning"
+#: accuracy of lenet5_parm on the Fashion-MNIST test set (reports/default_models.json): available, degraded
+DEFAULT_MODELS_JSON = PROJECT_ROOT / "reports" / "default_models.json"
+
+#: the issue "Beat hedged requests": at 60 % load, and the medians
+SWEEP_GOAL_LOAD = 0.6
+SWEEP_GOAL_VS_HEDGED = 0.8
+SWEEP_GOAL_VS_ER = 0.4
+SWEEP_GOAL_MEDIAN = 1.25
+SWEEP_GOAL_LOW_LOAD = 0.2
+SWEEP_GOAL_LOW_MEDIAN = 1.10
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    k: int = 2
+    batch: int = 1
+    service_ms: float = 5.0
+    deadline_ms: float = 10.0
+    deadline_min_ms: float = 3.0
+    #: fractions of Equal-Resources' capacity measured in the same run
+    loads: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    conditions: tuple[str, ...] = SWEEP_CONDITIONS
+    systems: tuple[str, ...] = SWEEP_SYSTEMS
+    hedge_delays_ms: tuple[float, ...] = (8.0, 12.0, 20.0)
+    hedge_tuning_load: float = 0.6
+    duration_s: float = 6.0
+    warmup_s: float = 1.0
+    capacity_duration_s: float = 5.0
+    #: closed-loop users of the capacity run: outstanding requests (the load generator shares the 2 cores)
+    capacity_users: int = 16
+    users: int = 96
+    protocol: str = "http"
+    failure_at_s: float = 3.0
+    intermittent: FaultInjection = field(default_factory=lambda: BenchmarkSettings().slow)
+    #: a persistently slow worker: every execute of that worker takes this much longer (instead of CPU
+    #: contention, which on a 2-core machine shared with other work slows everything, not one worker)
+    persistent_extra_ms: float = 10.0
+
+
+def sweep_faults(system: str, condition: str, s: SweepSettings) -> tuple[tuple[str, FaultInjection], ...]:
+    """One worker of ``system`` slowed: instance 0 of an uncoded model, data member 0 of the dedicated
+    ensemble, both models of worker 0 of the every-worker ensemble; the service time stays on."""
+    if condition == INTERMITTENT:
+        faults = replace(s.intermittent, service_ms=s.service_ms)
+    elif condition == PERSISTENT:
+        faults = FaultInjection(service_ms=s.service_ms, delay_ms=s.persistent_extra_ms, delay_probability=1.0)
+    else:
+        return ()
+    if system == CODED_DEDICATED:
+        return ((f"{CODED_DEDICATED}_member_0", faults),)
+    if system == CODED_EVERY_WORKER:
+        worker = f"{CODED_EVERY_WORKER}_worker_0"
+        return ((worker, faults), (f"{worker}_parity", replace(faults, seed=faults.seed + 1)))
+    model = EQUAL_RESOURCES if system == HEDGED else system
+    return ((model, replace(faults, instances=(0,))),)
+
+
+def sweep_failure(system: str, s: SweepSettings) -> Failure:
+    """A coded worker is unloaded; an uncoded model's instance 0 is SIGKILLed (Triton cannot unload one instance)."""
+    if system == CODED_DEDICATED:
+        return Failure("unload", f"{CODED_DEDICATED}_member_0", s.failure_at_s)
+    if system == CODED_EVERY_WORKER:
+        worker = f"{CODED_EVERY_WORKER}_worker_0"
+        return Failure("unload", worker, s.failure_at_s, also=(f"{worker}_parity",))
+    return Failure("kill", EQUAL_RESOURCES if system == HEDGED else system, s.failure_at_s, 0)
+
+
+def sweep_scenario(system: str, condition: str, rate_rps: float, s: SweepSettings, hedge_ms: float = 0.0) -> Scenario:
+    model = EQUAL_RESOURCES if system == HEDGED else system
+    return Scenario(system, condition, model, rate_rps, s.duration_s, batch=s.batch, users=s.users,
+                    protocol=s.protocol, hedge_ms=hedge_ms if system == HEDGED else 0.0,
+                    faults=sweep_faults(system, condition, s),
+                    failure=sweep_failure(system, s) if condition == KILLED_WORKER else None, warmup_s=s.warmup_s)
+
+
+def capacity_scenario(s: SweepSettings) -> Scenario:
+    return Scenario(EQUAL_RESOURCES, CAPACITY, EQUAL_RESOURCES, 0.0, s.capacity_duration_s, batch=s.batch,
+                    users=s.capacity_users, protocol=s.protocol, warmup_s=s.warmup_s)
+
+
+def load_of(result: ScenarioResult, capacity_rps: float) -> float:
+    return round(result.scenario.rate_rps / capacity_rps, 2)
+
+
+def parm_accuracies(path: Path = DEFAULT_MODELS_JSON) -> tuple[float, float]:
+    """(available, degraded) test accuracy of lenet5_parm, from the training report."""
+    import json
+    test = json.loads(Path(path).read_text())["codes"]["lenet5_parm"]["test"]
+    return float(test["available_accuracy"]), float(test["degraded_accuracy"])
+
+
+@dataclass
+class SweepRun:
+    settings: SweepSettings
+    capacity: ScenarioResult
+    hedge_tuning: list[ScenarioResult]
+    hedge_ms: float
+    results: list[ScenarioResult]
+
+    @property
+    def capacity_rps(self) -> float:
+        return self.capacity.throughput_rps * self.settings.batch
+
+
+def best_hedge(tuning: list[ScenarioResult]) -> float:
+    """The hedge delay with the lowest p99.9 (ties: the later hedge, less extra work)."""
+    return min(tuning, key=lambda r: (r.p999_ms, -r.scenario.hedge_ms)).scenario.hedge_ms
+
+
+def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfile: Path, workdir: Path,
+              progress=print) -> SweepRun:
+    spec = sweep_repository_spec(deployed_onnx, parity_onnx, s.k, s.deadline_ms, s.deadline_min_ms, s.service_ms)
+    runs = workdir / "runs"
+    with BenchmarkServer(spec, workdir, rate_limit=True) as bench:
+        def run(scenario: Scenario, label: str) -> ScenarioResult:
+            result = run_scenario(bench, scenario, locustfile, runs)
+            extra = "-" if result.extra_work is None else f"{result.extra_work:+.0%}"
+            progress(f"{label}: {scenario.condition}, {SWEEP_NAMES[scenario.system]}, {scenario.rate_rps:g} req/s"
+                     f"{f', hedge {scenario.hedge_ms:g} ms' if scenario.hedge_ms else ''}: median "
+                     f"{result.median_ms:.2f} ms, p99.9 {result.p999_ms:.2f} ms, {result.throughput_rps:.0f} req/s, "
+                     f"extra work {extra}, {result.errors} errors")
+            return result
+
+        capacity = run(capacity_scenario(s), "capacity")
+        capacity_rps = capacity.throughput_rps  # requests/s
+        rate = lambda load: round(load * capacity_rps, 1)  # noqa: E731
+        tuning = [run(replace(sweep_scenario(HEDGED, INTERMITTENT, rate(s.hedge_tuning_load), s, hedge),
+                              condition=HEDGE_TUNING, hedge_ms=hedge), "hedge tuning")
+                  for hedge in s.hedge_delays_ms] if HEDGED in s.systems else []
+        hedge_ms = best_hedge(tuning) if tuning else 0.0
+        scenarios = [sweep_scenario(system, condition, rate(load), s, hedge_ms)
+                     for condition in s.conditions for load in s.loads for system in s.systems]
+        results = [run(scenario, f"[{n}/{len(scenarios)}]") for n, scenario in enumerate(scenarios, 1)]
+    return SweepRun(s, capacity, tuning, hedge_ms, results)
+
+
+def sweep_find(run: SweepRun, system: str, condition: str, load: float) -> ScenarioResult | None:
+    for r in run.results:
+        if (r.scenario.system, r.scenario.condition) == (system, condition) and \
+                abs(load_of(r, run.capacity.throughput_rps) - load) < 0.011:
+            return r
+    return None
+
+
+def sweep_goals(run: SweepRun) -> list[Goal]:
+    """The issue's goals, for each coded topology, from this run's own numbers."""
+    found = []
+    for coded in CODED_SYSTEMS:
+        name = SWEEP_NAMES[coded]
+        for condition in run.settings.conditions:
+            c, er, hedged = (sweep_find(run, system, condition, SWEEP_GOAL_LOAD)
+                             for system in (coded, EQUAL_RESOURCES, HEDGED))
+            if c and hedged:
+                ratio = c.p999_ms / hedged.p999_ms
+                found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / hedged p99.9",
+                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {hedged.p999_ms:.1f} ms)",
+                                  f"<= {SWEEP_GOAL_VS_HEDGED}", ratio <= SWEEP_GOAL_VS_HEDGED))
+            if c and er:
+                ratio = c.p999_ms / er.p999_ms
+                found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / Equal-Resources p99.9",
+                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {er.p999_ms:.1f} ms)",
+                                  f"<= {SWEEP_GOAL_VS_ER}", ratio <= SWEEP_GOAL_VS_ER))
+        for load, target in ((SWEEP_GOAL_LOAD, SWEEP_GOAL_MEDIAN), (SWEEP_GOAL_LOW_LOAD, SWEEP_GOAL_LOW_MEDIAN)):
+            # the median goals: under the intermittent straggler, the condition closest to a healthy server
+            c, er = (sweep_find(run, system, INTERMITTENT, load) for system in (coded, EQUAL_RESOURCES))
+            if c and er:
+                ratio = c.median_ms / er.median_ms
+                found.append(Goal(f"{name}, {INTERMITTENT}, {load:.0%} load: median / Equal-Resources median",
+                                  f"{ratio:.2f} ({c.median_ms:.2f} / {er.median_ms:.2f} ms)", f"<= {target}",
+                                  ratio <= target))
+        coded_runs = [r for r in run.results if r.scenario.system == coded]
+        lost = sum(r.errors for r in coded_runs)
+        found.append(Goal(f"{name}: lost requests, every run of the sweep",
+                          f"{lost} of {sum(r.requests for r in coded_runs)}", "0", lost == 0))
+    return found
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def sweep_table(run: SweepRun, accuracy: tuple[float, float]) -> str:
+    available, degraded = accuracy
+    header = ("| condition | load | req/s | system | requests | median ms | p99 ms | p99.9 ms | server CPU ms/query "
+              "| extra work | reconstructed | accuracy impact (est.) | lost | hedged | send lag p99 ms |")
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in run.results:
+        s = r.scenario
+        impact = None if r.reconstructed_fraction is None else r.reconstructed_fraction * (available - degraded)
+        rows.append(
+            f"| {s.condition} | {load_of(r, run.capacity.throughput_rps):.0%} | {s.rate_rps:g} | {SWEEP_NAMES[s.system]} "
+            f"| {r.requests} | {r.median_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.cpu_ms_per_query:.2f} "
+            f"| {'-' if r.extra_work is None else f'{r.extra_work:+.1%}'} | {_pct(r.reconstructed_fraction)} "
+            f"| {'-' if impact is None else f'-{impact:.2%}'} | {r.errors} "
+            f"| {_pct(r.hedged_fraction) if s.hedge_ms else '-'} | {r.send_lag_p99_ms:.1f} |")
+    return "\n".join(rows)
+
+
+def _colours(plt) -> dict[str, str]:
+    return dict(zip(SWEEP_SYSTEMS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+
+
+def plot_p999_against_load(run: SweepRun, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = run.settings.conditions
+    figure, axes = plt.subplots(1, len(conditions), figsize=(4.6 * len(conditions), 4.2), sharey=True, squeeze=False)
+    colours = _colours(plt)
+    for axis, condition in zip(axes[0], conditions):
+        for system in run.settings.systems:
+            points = sorted((load_of(r, run.capacity.throughput_rps), r.p999_ms) for r in run.results
+                            if (r.scenario.system, r.scenario.condition) == (system, condition))
+            if points:
+                axis.plot(*zip(*points), marker="o", color=colours[system], label=SWEEP_NAMES[system])
+        axis.set_yscale("log")
+        axis.set_title(condition, fontsize=9)
+        axis.set_xlabel("load (fraction of Equal-Resources capacity)")
+        axis.grid(True, which="both", linewidth=0.3)
+    axes[0][0].set_ylabel("p99.9 latency ms (log)")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_p999_against_extra_work(run: SweepRun, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = _colours(plt)
+    markers = dict(zip(SWEEP_CONDITIONS, ("o", "s", "x")))
+    figure, axis = plt.subplots(figsize=(7, 4.6))
+    for r in run.results:
+        if r.extra_work is None:
+            continue
+        axis.scatter(100 * r.extra_work, r.p999_ms, color=colours[r.scenario.system],
+                     marker=markers.get(r.scenario.condition, "o"), s=18 + 60 * load_of(r, run.capacity.throughput_rps))
+    axis.set_yscale("log")
+    axis.set_xlabel("extra work: member calls beyond one per query (%)")
+    axis.set_ylabel("p99.9 latency ms (log)")
+    axis.grid(True, which="both", linewidth=0.3)
+    handles = [plt.Line2D([], [], color=colours[s], marker="o", linestyle="") for s in run.settings.systems]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[c], linestyle="") for c in run.settings.conditions]
+    axis.legend(handles, [SWEEP_NAMES[s] for s in run.settings.systems] + list(run.settings.conditions), fontsize=7)
+    axis.set_title("every run of the sweep (marker size: load)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def sweep_findings(run: SweepRun) -> list[str]:
+    """Per condition and load: which system has the lowest p99.9, and how the coded ones compare, from the numbers."""
+    lines = []
+    capacity = run.capacity.throughput_rps
+    for condition in run.settings.conditions:
+        for load in run.settings.loads:
+            rows = [r for r in run.results if r.scenario.condition == condition and abs(load_of(r, capacity) - load) < 0.011]
+            if not rows:
+                continue
+            best = min(rows, key=lambda r: r.p999_ms)
+            fastest_median = min(rows, key=lambda r: r.median_ms)
+            by = {r.scenario.system: r for r in rows}
+            coded = [by[c] for c in CODED_SYSTEMS if c in by]
+            baselines = [by[b] for b in (EQUAL_RESOURCES, HEDGED) if b in by]
+            verdict = "coding wins" if best.scenario.system in CODED_SYSTEMS else (
+                "hedging wins" if best.scenario.system == HEDGED else f"{SWEEP_NAMES[best.scenario.system]} wins")
+            compare = ""
+            if coded and baselines:
+                c = min(coded, key=lambda r: r.p999_ms)
+                b = min(baselines, key=lambda r: r.p999_ms)
+                compare = (f"; best coded ({SWEEP_NAMES[c.scenario.system]}) p99.9 {c.p999_ms:.1f} ms vs best uncoded "
+                           f"redundancy ({SWEEP_NAMES[b.scenario.system]}) {b.p999_ms:.1f} ms = "
+                           f"{c.p999_ms / b.p999_ms:.2f}x")
+            lost = [f"{SWEEP_NAMES[r.scenario.system]} {r.errors}" for r in rows if r.errors]
+            lines.append(f"- {condition}, {load:.0%} load: {verdict} on p99.9 ({SWEEP_NAMES[best.scenario.system]}, "
+                         f"{best.p999_ms:.1f} ms){compare}; lowest median {SWEEP_NAMES[fastest_median.scenario.system]} "
+                         f"{fastest_median.median_ms:.2f} ms" + (f"; lost: {', '.join(lost)}" if lost else "") + ".")
+    return lines
+
+
+def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
+                       accuracy: tuple[float, float] | None = None) -> None:
+    path = Path(path)
+    accuracy = accuracy or parm_accuracies()
+    by_load, by_work = path.with_name(f"{path.stem}_p999_vs_load.png"), path.with_name(f"{path.stem}_p999_vs_extra_work.png")
+    plot_p999_against_load(run, by_load)
+    plot_p999_against_extra_work(run, by_work)
+    s = run.settings
+    capacity = run.capacity.throughput_rps
+    tuning = ["| hedge delay ms | median ms | p99.9 ms | hedged | extra work |", "|---|---|---|---|---|"]
+    tuning += [f"| {r.scenario.hedge_ms:g} | {r.median_ms:.2f} | {r.p999_ms:.2f} | {_pct(r.hedged_fraction)} "
+               f"| {'-' if r.extra_work is None else f'{r.extra_work:+.1%}'} |" for r in run.hedge_tuning]
+    available, degraded = accuracy
+    lines = [
+        "# Load sweep: where coding wins against replication and hedging",
+        "",
+        f"Regenerate: `{info.command}` (this run took {info.minutes:.1f} minutes; it rewrites this file and its plots).",
+        "",
+        f"Run {info.started} on {info.machine}; {info.server}, CPU only, every system in one server (rate limiter on); "
+        f"revision {info.revision}; load average before the run {info.load_average[0]:.2f} / "
+        f"{info.load_average[1]:.2f} / {info.load_average[2]:.2f} (1/5/15 min; the machine's 2 cores are shared with "
+        "other work, the load generator included).",
+        "",
+        "## Settings",
+        "",
+        f"- Every model execute waits {s.service_ms:g} ms of emulated accelerator time (`FaultInjection.service_ms`, the "
+        "CPU stays free), so the model, not the scheduler, dominates; LeNet-5 on Fashion-MNIST, "
+        f"k = {s.k}, batch {s.batch}.",
+        "- Systems:",
+        f"  - no redundancy: the deployed model, {s.k} instances",
+        f"  - Equal-Resources: the deployed model, {s.k + 1} instances, load-balanced by Triton",
+        f"  - hedged: Equal-Resources, the client sends a second copy after {run.hedge_ms:g} ms without an answer "
+        f"(the best p99.9 of {', '.join(f'{h:g}' for h in s.hedge_delays_ms)} ms, tuned below) and keeps the first "
+        "good answer; the loser is not cancelled",
+        f"  - coded, dedicated parity: ParM (addition encoder, k={s.k}), {s.k} data members and 1 parity member, "
+        "one instance each",
+        f"  - coded, every worker: ParM, {s.k + 1} workers each hosting the deployed and the parity model, one "
+        "rate-limiter resource per worker (one execute at a time, as one device); roles rotate per group",
+        f"  - both coded ensembles: adaptive deadline (`deadline_min_ms={s.deadline_min_ms:g}`, "
+        f"`deadline_ms={s.deadline_ms:g}`) and `copy_when_idle=True`; the C++ scheduler",
+        f"- Load: locust, {s.users} users, Poisson arrivals at {', '.join(f'{l:.0%}' for l in s.loads)} of "
+        f"Equal-Resources' capacity, measured first in this run: {capacity:.0f} requests/s ({s.capacity_users} "
+        f"closed-loop users, {s.capacity_duration_s:g} s, healthy; Triton's dynamic batcher packs several requests "
+        f"into one {s.service_ms:g} ms execute, so this is above {s.k + 1} instances x 1/{s.service_ms:g} ms; the "
+        "load generator runs on the same cores). {s.protocol.upper()}.",
+        f"- Runs of {s.duration_s:g} s each, the first {s.warmup_s:g} s left out of percentiles (never out of lost "
+        "requests). Short runs: at the lowest load the p99.9 rests on a handful of requests, so it is the slowest few; "
+        "read the tail figures as indicative, not precise.",
+        "- Conditions (on one worker: instance 0 of an uncoded model, data member 0 of the dedicated ensemble, both "
+        "models of worker 0 of the every-worker ensemble):",
+        f"  - {INTERMITTENT}: {s.intermittent.describe()} (the existing heavy-tailed straggler), on top of the service time",
+        f"  - {PERSISTENT}: every execute of that worker takes {s.persistent_extra_ms:g} ms more "
+        f"({s.service_ms + s.persistent_extra_ms:g} ms instead of {s.service_ms:g} ms). A constant extra delay, not "
+        "CPU contention: on 2 shared cores busy loops slow the whole server and the load generator, not one worker.",
+        f"  - {KILLED_WORKER}: {s.failure_at_s:g} s into the run, the coded worker is unloaded (the dedicated data "
+        "member 0; worker 0's deployed and parity models); Triton cannot unload one instance of a model, so an "
+        "uncoded model's instance 0 has its stub process SIGKILLed instead (Triton 2.51 keeps scheduling the dead "
+        "instance, each execute there failing after about 1 s: those are the uncoded systems' lost requests).",
+        "- Columns: `extra work` = member calls (Triton's inference_count of the system's models, parity included) "
+        "beyond one per query sent; `-` where a model unloaded during the run took its statistics with it. "
+        "`reconstructed` = share of queries answered by ParM's decoder. `accuracy impact (est.)` = reconstructed x "
+        f"(available - degraded accuracy) = reconstructed x ({available:.4f} - {degraded:.4f}) from "
+        "reports/default_models.json (lenet5_parm, test set): an estimate, not measured on these queries. "
+        "`server CPU ms/query`: tritonserver and its stubs. `lost`: requests without an answer.",
+        "",
+        "## Hedge delay tuning",
+        "",
+        f"Hedged requests under the {INTERMITTENT} at {s.hedge_tuning_load:.0%} load; the delay with the lowest p99.9 "
+        f"({run.hedge_ms:g} ms) is used in the sweep.",
+        "",
+        "\n".join(tuning),
+        "",
+        "## Goals (issue \"Beat hedged requests\"; ratios from this run)",
+        "",
+        goals_table(sweep_goals(run)),
+        "",
+        "## Where coding wins (from the figures below)",
+        "",
+        *sweep_findings(run),
+        "",
+        f"![p99.9 against load]({by_load.name})",
+        "",
+        f"![p99.9 against extra work]({by_work.name})",
+        "",
+        "## Results",
+        "",
+        sweep_table(run, accuracy),
+        "",
+        f"Locust's CSV and HTML reports, each run's samples and logs: `{_shown(runs_dir)}` (not in git).",
+    ]
+    errors = [(r, e) for r in run.results for e in r.error_examples]
+    if errors:
+        lines += ["", "## Errors seen", ""]
+        lines += [f"- {r.scenario.condition}, {load_of(r, capacity):.0%}, {SWEEP_NAMES[r.scenario.system]}: `{e}`"
+                  for r, e in errors]
+    path.write_text("\n".join(lines) + "\n")

@@ -263,3 +263,111 @@ def test_benchmark_scenarios_make_one_member_slow_the_same_way_everywhere():
     assert slow["hedged"].model == EQUAL_RESOURCES and slow["hedged"].hedge_ms == settings.hedge_ms
     assert len({s.slug for s in scenarios}) == len(scenarios)
     assert sum(s.duration_s for s in scenarios) < 8 * 60
+
+
+# --- the load sweep (reports/load_sweep.md) ---------------------------------------------------------------------
+
+from coded_serving.benchmarks.load import CODED_EVERY_WORKER, member_models, sweep_repository_spec  # noqa: E402
+from coded_serving.benchmarks.tail import (  # noqa: E402
+    CAPACITY, HEDGED, HEDGE_TUNING, INTERMITTENT, KILLED_WORKER, PERSISTENT, SWEEP_SYSTEMS, SweepRun, SweepSettings,
+    best_hedge, run_sweep, sweep_faults, sweep_failure, sweep_goals, sweep_scenario, write_sweep_report,
+)
+from coded_serving.specs import CodedEnsembleSpec  # noqa: E402
+
+DEPLOYED_ONNX = DEFAULT_REPOSITORY / "lenet5/1/model.onnx"
+PARITY_ONNX = DEFAULT_REPOSITORY / "lenet5_parm_coded_0/1/model.onnx"
+
+
+def test_sweep_repository_has_both_coded_topologies_tuned_and_every_member_served():
+    spec = sweep_repository_spec(DEPLOYED_ONNX, PARITY_ONNX, deadline_min_ms=3, service_ms=5)
+    models = {m.name: m for m in spec.models}
+    for name in (CODED, CODED_EVERY_WORKER):
+        ensemble = models[name]
+        assert isinstance(ensemble, CodedEnsembleSpec) and ensemble.copy_when_idle and ensemble.deadline_min_ms == 3
+    assert models[CODED_EVERY_WORKER].topology == "every_worker"
+    workers = member_models(spec, CODED_EVERY_WORKER)
+    assert len(workers) == 6 and {models[w].device for w in workers} == {f"{CODED_EVERY_WORKER}_worker_{w}"
+                                                                         for w in range(3)}
+    assert member_models(spec, CODED) == (f"{CODED}_member_0", f"{CODED}_member_1", f"{CODED}_coded_0")
+    assert member_models(spec, EQUAL_RESOURCES) == (EQUAL_RESOURCES,)
+    served = [FaultInjection.from_parameters({k: v.string_value for k, v in model_config(m).parameters.items()})
+              for m in spec.models if not isinstance(m, CodedEnsembleSpec) and m.name in (*workers, EQUAL_RESOURCES)]
+    assert all(faults.service_ms == 5 for faults in served)
+
+
+def test_sweep_slows_or_fails_one_worker_of_every_system():
+    s = SweepSettings()
+    for system in SWEEP_SYSTEMS:
+        intermittent, persistent = sweep_faults(system, INTERMITTENT, s), sweep_faults(system, PERSISTENT, s)
+        assert intermittent and all(f.service_ms == 5 and f.delay_probability == 0.02 for _, f in intermittent)
+        assert all(f.delay_ms == s.persistent_extra_ms and f.delay_probability == 1 for _, f in persistent)
+        assert sweep_faults(system, KILLED_WORKER, s) == ()
+    assert [m for m, _ in sweep_faults(CODED_EVERY_WORKER, PERSISTENT, s)] == [
+        f"{CODED_EVERY_WORKER}_worker_0", f"{CODED_EVERY_WORKER}_worker_0_parity"]
+    assert sweep_faults(HEDGED, PERSISTENT, s)[0][1].instances == (0,)
+    assert sweep_failure(CODED_EVERY_WORKER, s).also == (f"{CODED_EVERY_WORKER}_worker_0_parity",)
+    assert sweep_failure(EQUAL_RESOURCES, s).kind == "kill" and sweep_failure(CODED, s).kind == "unload"
+    hedged = sweep_scenario(HEDGED, KILLED_WORKER, 100, s, hedge_ms=12)
+    assert hedged.model == EQUAL_RESOURCES and hedged.hedge_ms == 12 and hedged.failure.model == EQUAL_RESOURCES
+
+
+def synthetic_sweep() -> SweepRun:
+    rng = np.random.default_rng(2)
+    s = SweepSettings(loads=(0.2, 0.6), hedge_delays_ms=(8.0, 12.0))
+
+    def result(system, condition, load, scale, tail, hedge_ms=0.0, extra=0.0):
+        latencies = rng.lognormal(np.log(scale), 0.1, 3000)
+        latencies[::500] = tail
+        scenario = Scenario(system, condition, EQUAL_RESOURCES if system == HEDGED else system, 1000 * load, 6,
+                            hedge_ms=hedge_ms, warmup_s=0)
+        r = summarize(scenario, synthetic_samples(latencies, reconstructed=30), 1.0, 0.1,
+                      coded=system in (CODED, CODED_EVERY_WORKER))
+        r.member_calls = int(r.queries_sent * (1 + extra))
+        return r
+
+    capacity = result(EQUAL_RESOURCES, CAPACITY, 0, 7, 20)
+    capacity.throughput_rps = 1000.0
+    tuning = [result(HEDGED, HEDGE_TUNING, 0.6, 7, tail, hedge) for hedge, tail in ((8, 40), (12, 30))]
+    tails = {NO_REDUNDANCY: 200, EQUAL_RESOURCES: 100, HEDGED: 30, CODED: 15, CODED_EVERY_WORKER: 12}
+    extra = {HEDGED: 0.05, CODED: 0.5, CODED_EVERY_WORKER: 0.3}
+    results = [result(system, condition, load, 7 if system in (EQUAL_RESOURCES, HEDGED) else 8, tails[system],
+                      12 if system == HEDGED else 0, extra.get(system, 0))
+               for condition in s.conditions for load in s.loads for system in SWEEP_SYSTEMS]
+    return SweepRun(s, capacity, tuning, best_hedge(tuning), results)
+
+
+def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
+    run = synthetic_sweep()
+    assert run.hedge_ms == 12  # the lower p99.9
+    verdict = {goal.name: goal.met for goal in sweep_goals(run)}
+    assert verdict["coded, every worker, killed worker, 60% load: p99.9 / hedged p99.9"] is True  # 12 / 30
+    assert verdict["coded, dedicated parity, intermittently slow worker, 60% load: p99.9 / Equal-Resources p99.9"]
+    assert verdict["coded, dedicated parity, intermittently slow worker, 20% load: median / Equal-Resources median"] \
+        is False  # 8 vs 7 ms: 1.14x > 1.10x
+    assert verdict["coded, every worker: lost requests, every run of the sweep"] is True
+    info = RunInfo(".venv/bin/python loadtest/benchmark.py --sweep", "2026-01-01 00:00 UTC", 12.0, "test machine",
+                   "tritonserver", "abc123", (1.5, 1.2, 1.0))
+    report = tmp_path / "load_sweep.md"
+    write_sweep_report(report, info, run, tmp_path / "runs", accuracy=(0.9, 0.8))
+    text = report.read_text()
+    assert "`.venv/bin/python loadtest/benchmark.py --sweep`" in text and "test machine" in text and "1.50 / 1.20" in text
+    assert "- killed worker, 60% load: coding wins on p99.9 (coded, every worker" in text
+    assert "| killed worker | 60% | 600 | coded, dedicated parity | 3000 |" in text and "| +50.0% | 1.0% | -0.10% |" in text
+    for plot in ("load_sweep_p999_vs_load.png", "load_sweep_p999_vs_extra_work.png"):
+        assert f"]({plot})" in text and (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_sweep_runs_every_system_against_a_killed_worker(tmp_path):
+    """A smoke of the sweep (``loadtest/benchmark.py --sweep --quick``): seconds per run, one condition."""
+    s = SweepSettings(loads=(0.3,), conditions=(KILLED_WORKER,), hedge_delays_ms=(10.0,), duration_s=3.0,
+                      warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5, users=16, capacity_users=16)
+    run = run_sweep(s, DEPLOYED_ONNX, PARITY_ONNX, LOCUSTFILE, tmp_path, progress=lambda line: None)
+    assert run.capacity.throughput_rps > 50 and run.hedge_ms == 10
+    assert [r.scenario.system for r in run.results] == list(SWEEP_SYSTEMS)
+    for r in run.results:
+        assert r.requests > 20 and r.scenario.failure is not None
+        if r.scenario.system in (CODED, CODED_EVERY_WORKER):
+            assert r.errors == 0  # the coded systems lose nothing when a worker goes
+    write_sweep_report(tmp_path / "load_sweep.md", RunInfo("x", "now", 1.0, "m", "s", "r", (0, 0, 0)), run,
+                       tmp_path / "runs")
+    assert "## Goals" in (tmp_path / "load_sweep.md").read_text()
