@@ -725,7 +725,7 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         f"Equal-Resources' capacity, measured first in this run: {capacity:.0f} requests/s ({s.capacity_users} "
         f"closed-loop users, {s.capacity_duration_s:g} s, healthy; Triton's dynamic batcher packs several requests "
         f"into one {s.service_ms:g} ms execute, so this is above {s.k + 1} instances x 1/{s.service_ms:g} ms; the "
-        "load generator runs on the same cores). {s.protocol.upper()}.",
+        f"load generator runs on the same cores). {s.protocol.upper()}.",
         f"- Runs of {s.duration_s:g} s each, the first {s.warmup_s:g} s left out of percentiles (never out of lost "
         "requests). Short runs: at the lowest load the p99.9 rests on a handful of requests, so it is the slowest few; "
         "read the tail figures as indicative, not precise.",
