@@ -76,7 +76,8 @@ def write_section(report: Path, heading: str, lines: list[str], status: int) -> 
                 sections[current].append(line)
     sections[heading] = lines[1:]
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(line for title, body in sections.items() for line in [title, *body]).rstrip() + "\n\n")
+    text = "\n\n".join("\n".join([title, *body]).strip() for title, body in sections.items())
+    report.write_text(text + "\n")
     print("\n".join(lines))
     return status
 
