@@ -37,9 +37,10 @@ class SoakResult:
     rss_after_mb: float
 
 
-def session_rss_mb(leader_pid: int) -> float:
-    """Resident memory of a server and its backend stubs (its process session)."""
-    total_kb = 0
+def session_total(leader_pid: int, field: str) -> int:
+    """A /proc status field (``VmRSS``, ``Threads``) summed over a server and its backend stubs
+    (its process session)."""
+    total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -47,10 +48,14 @@ def session_rss_mb(leader_pid: int) -> float:
             if os.getpgid(int(entry)) != leader_pid:
                 continue
             with open(f"/proc/{entry}/status") as status:
-                total_kb += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+                total += next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
         except (OSError, StopIteration):
             continue
-    return total_kb / 1024
+    return total
+
+
+def session_rss_mb(leader_pid: int) -> float:
+    return session_total(leader_pid, "VmRSS") / 1024
 
 
 def run_soak(http_url: str, server_pid: int, ensemble: str, members: list[str], images: np.ndarray,
@@ -104,22 +109,6 @@ def run_soak(http_url: str, server_pid: int, ensemble: str, members: list[str], 
     flags = np.concatenate(answers) if answers else np.zeros(0, bool)
     return SoakResult(elapsed, len(answers) + len(errors), len(flags), int(flags.sum()), errors, churn_events,
                       rss_before, session_rss_mb(server_pid))
-
-
-def session_threads(leader_pid: int) -> int:
-    """Threads of a server and its backend stubs (its process session)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry)) != leader_pid:
-                continue
-            with open(f"/proc/{entry}/status") as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
-        except (OSError, StopIteration):
-            continue
-    return total
 
 
 def hung_member_repository(target: Path, member: str = "lenet5_parm_member_0", hang_ms: float = 3_600_000.0,
@@ -199,7 +188,7 @@ def run_hung_member(http_url: str, server_pid: int, ensemble: str, images: np.nd
 
     def sample() -> None:
         while True:
-            samples.append((time.monotonic() - began, session_rss_mb(server_pid), session_threads(server_pid)))
+            samples.append((time.monotonic() - began, session_rss_mb(server_pid), session_total(server_pid, "Threads")))
             if stop.wait(1.0):
                 return
 
