@@ -39,7 +39,7 @@ import tritonclient.http as http
 from coded_serving.client import ModelClient, load_retrying
 from coded_serving.codes import Code, CodeSpec, make_code
 from coded_serving.training.data import Dataset
-from coded_serving.deployment.builder import onnx_model, onnx_tensors
+from coded_serving.deployment.builder import onnx_model, onnx_tensors, pinned
 from coded_serving.training.pipeline import ModelRecord, ParityModel, TrainingPlan, train_models
 from coded_serving.deployment.launcher import PROJECT_ROOT, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
@@ -426,12 +426,10 @@ def benchmark_repository(entries: Sequence[Entry], onnx_dir: Path, deadline_ms: 
     for entry in entries:
         ensemble = CodedEnsembleSpec(entry.name, entry.code, entry.members(),
                                      *onnx_tensors(onnx_dir / f"{entry.arch}.onnx"), deadline_ms=deadline_ms,
-                                     timeout_ms=2 * deadline_ms, max_batch_size=max_batch,
-                                     # each request its own groups, slot i on member i: a lost member
-                                     # costs the queries the offline computation expects
-                                     group_close_us=0, pin_roles=True)
+                                     timeout_ms=2 * deadline_ms, max_batch_size=max_batch)
         models += [ensemble, *ensemble.codec_models()]
-    return RepositorySpec(tuple(models))
+    # a lost member must cost exactly the queries the offline computation expects
+    return pinned(RepositorySpec(tuple(models)))
 
 
 def live_repository(entries: Sequence[Entry], onnx_dir: Path, work: Path, deadline_ms: float,

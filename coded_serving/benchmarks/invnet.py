@@ -15,6 +15,7 @@ import numpy as np
 import tritonclient.http as http
 
 from coded_serving.client import ModelClient, load_retrying
+from coded_serving.deployment.builder import pinned
 from coded_serving.training.invnet import invnet_repository_spec
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
@@ -86,7 +87,7 @@ def measure_invnet(onnx_dir: Path, ks: tuple[int, ...], images: np.ndarray, labe
     for k in ks:
         name = f"invnet_k{k}"
         repository = write_repository(
-            invnet_repository_spec(name, k, onnx_dir, MEASURE_DEADLINE_MS), Path(workdir) / name
+            pinned(invnet_repository_spec(name, k, onnx_dir, MEASURE_DEADLINE_MS)), Path(workdir) / name
         )
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         with TritonServer(config, Path(workdir) / f"{name}.log") as server:

@@ -140,6 +140,13 @@ def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
     return RepositorySpec(models)
 
 
+def pinned(spec: RepositorySpec) -> RepositorySpec:
+    """``spec`` with every coded ensemble placing data role i on member i and forming groups per request:
+    for measurements that unload member j and expect exactly the queries of slot j decoded."""
+    return RepositorySpec(tuple(replace(m, pin_roles=True, group_close_us=0) if isinstance(m, CodedEnsembleSpec)
+                                else m for m in spec.models))
+
+
 def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
     """The ONNX files a default repository was written from, for building other repositories."""
     target.mkdir(parents=True, exist_ok=True)

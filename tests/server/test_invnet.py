@@ -23,6 +23,7 @@ from coded_serving.training.invnet import (
     FEATURES_ONNX, HEAD_FILE, backup_onnx, degraded_metrics, export_invnet, head_of, invnet_repository_spec, train_generator,
     train_invertible_classifier,
 )
+from coded_serving.deployment.builder import pinned
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 
@@ -154,7 +155,7 @@ def served(exported: tuple[Path, dict], tmp_path_factory):
     """A tiny k=2 Coded-InvNet ensemble on a real tritonserver."""
     out, figures = exported
     workdir = tmp_path_factory.mktemp("served")
-    repository = write_repository(invnet_repository_spec(NAME, K, out, 10000.0),
+    repository = write_repository(pinned(invnet_repository_spec(NAME, K, out, 10000.0)),
                                   workdir / "repository")
     config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with TritonServer(config, workdir / "server.log") as server:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from coded_serving.codes import CodeSpec, make_code
 from coded_serving.deployment.backends import python_backends
 from coded_serving.deployment.builder import (
-    coded_ensemble, default_repository_spec, onnx_files_of_default_repository, onnx_tensors, with_remote_members,
+    coded_ensemble, default_repository_spec, onnx_files_of_default_repository, onnx_tensors, pinned, with_remote_members,
     write_cluster,
 )
 from coded_serving.deployment.config_writer import model_config, read_config, write_repository
@@ -200,3 +200,11 @@ def test_every_worker_topology_puts_both_models_on_each_worker_device(onnx_dir):
         assert resource.name == "ew_worker_1" and resource.count == 1
     with pytest.raises(ValueError, match="every_worker"):
         coded_ensemble("bad", CodeSpec("berrut", 2, {"num_workers": 3}), onnx_dir / "lenet5.onnx", topology="every_worker")
+
+
+def test_pinned_spec_places_data_roles_on_their_members_and_groups_per_request(onnx_dir):
+    spec = pinned(default_repository_spec(onnx_dir))
+    ensembles = [m for m in spec.models if isinstance(m, CodedEnsembleSpec)]
+    assert ensembles and all(e.pin_roles and e.group_close_us == 0 for e in ensembles)
+    parameters = model_config(ensembles[0]).parameters
+    assert parameters["pin_roles"].string_value == "true" and parameters["group_close_us"].string_value == "0"
