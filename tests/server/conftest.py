@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,12 @@ def load_with_config(client: http.InferenceServerClient, model: str, config) -> 
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
-    """A wheel of this tree, built as pip would for the Docker image."""
-    out = tmp_path_factory.mktemp("wheel")
+    """A wheel of this tree, built as pip would for the Docker image: from a copy of the sources, as the
+    image's COPY gives it, since setuptools' build/ folder in a checkout keeps files deleted since."""
+    source, out = tmp_path_factory.mktemp("source") / "tree", tmp_path_factory.mktemp("wheel")
+    shutil.copytree(PROJECT_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info",
+                                                                        "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(PROJECT_ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     (built,) = out.glob("coded_serving-*.whl")
     return built
