@@ -256,6 +256,11 @@ bool Dispatcher::free_peer(const Task& task, int except, double now) const {
 std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable) {
   std::vector<Assignment> assignments;
   const int workers = placement_.code.num_workers;
+  // Originals before coded tasks (each in arrival order): an original answers its query by
+  // itself, a coded task only matters if an original is late, so where they compete for a
+  // worker (every-worker placement) redundancy spends idle capacity without queueing ahead.
+  std::stable_partition(queue_.begin(), queue_.end(),
+                        [&](const Task& t) { return placement_.code.is_original(t.role); });
   for (auto it = queue_.begin(); it != queue_.end();) {
     std::vector<int> options = candidates(*it);
     bool all_suspended = !it->forced;

@@ -316,10 +316,27 @@ TEST(dedicated_placement_keeps_parity_on_its_worker) {
   dispatcher.push(task(1, 2));
   dispatcher.push(task(1, 0));
   std::vector<Assignment> a = dispatcher.next(0, held, unplaceable);
-  CHECK(a.size() == 2 && a[0].worker == 2 && a[1].worker < 2);
+  CHECK(a.size() == 2 && a[0].worker < 2 && a[1].worker == 2);
   dispatcher.push(task(2, 0));  // the other data worker, not the busy parity one
   std::vector<Assignment> b = dispatcher.next(0, held, unplaceable);
-  CHECK(b.size() == 1 && b[0].worker == 1 - a[1].worker);
+  CHECK(b.size() == 1 && b[0].worker == 1 - a[0].worker);
+}
+
+TEST(originals_go_before_coded_tasks_queued_earlier) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(1, 1));
+  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // one worker left free
+  dispatcher.push(task(1, 2));  // group 1's parity, then a new query's original
+  dispatcher.push(task(2, 0));
+  std::vector<Assignment> free_worker = dispatcher.next(0, held, unplaceable);
+  CHECK(free_worker.size() == 1 && free_worker[0].tasks.size() == 1 && free_worker[0].tasks[0].group == 2);
+  dispatcher.returned(free_worker[0].worker);
+  std::vector<Assignment> then = dispatcher.next(0, held, unplaceable);  // the parity, once a worker frees
+  CHECK(then.size() == 1 && then[0].tasks[0].group == 1 && then[0].tasks[0].role == 2);
 }
 
 TEST(every_worker_roles_rotate_over_all_workers) {
