@@ -19,6 +19,15 @@ void write_output(TRITONBACKEND_Response* response, const std::string& name, TRI
   std::memcpy(buffer, data, bytes);
 }
 
+// Before the response is sent: a client that reads the statistics right after its answer must
+// find its request counted.
+void report_statistics(TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request, bool success,
+                       uint64_t exec_start_ns) {
+  const uint64_t end = now_ns();
+  TRITONSERVER_ErrorDelete(
+      TRITONBACKEND_ModelInstanceReportStatistics(instance, request, success, exec_start_ns, exec_start_ns, end, end));
+}
+
 }  // namespace
 
 bool respond(ClientRequest& client, const std::string& output_name, TRITONSERVER_DataType output_type,
@@ -42,27 +51,22 @@ bool respond(ClientRequest& client, const std::string& output_name, TRITONSERVER
         error.reset(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, failure.what()));
       }
     }
-    TRITONSERVER_ErrorDelete(TRITONBACKEND_ResponseSend(raw, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error.get()));
   }
-  uint64_t end = now_ns();
-  TRITONSERVER_ErrorDelete(TRITONBACKEND_ModelInstanceReportStatistics(
-      client.instance, client.request, !error, client.exec_start_ns, client.exec_start_ns, end, end));
+  report_statistics(client.instance, client.request, !error, client.exec_start_ns);
+  if (raw) TRITONSERVER_ErrorDelete(TRITONBACKEND_ResponseSend(raw, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error.get()));
   return !error;
 }
 
 void reject(TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request, TRITONSERVER_Error_Code code,
             const std::string& message, uint64_t exec_start_ns) {
   TRITONBACKEND_Response* response = nullptr;
-  if (TRITONSERVER_Error* e = TRITONBACKEND_ResponseNew(&response, request)) {
-    log(TRITONSERVER_LOG_ERROR, std::string("cannot answer a request: ") + TRITONSERVER_ErrorMessage(e));
-    TRITONSERVER_ErrorDelete(e);
-  } else {
+  ErrorPtr failed(TRITONBACKEND_ResponseNew(&response, request));
+  if (failed) log(TRITONSERVER_LOG_ERROR, std::string("cannot answer a request: ") + TRITONSERVER_ErrorMessage(failed.get()));
+  report_statistics(instance, request, false, exec_start_ns);
+  if (response) {
     ErrorPtr error(TRITONSERVER_ErrorNew(code, message.c_str()));
     TRITONSERVER_ErrorDelete(TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, error.get()));
   }
-  uint64_t end = now_ns();
-  TRITONSERVER_ErrorDelete(
-      TRITONBACKEND_ModelInstanceReportStatistics(instance, request, false, exec_start_ns, exec_start_ns, end, end));
   TRITONSERVER_ErrorDelete(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL));
 }
 
