@@ -146,7 +146,11 @@ class Scenario:
 
     @property
     def slug(self) -> str:
-        text = f"{self.condition}-{self.system}-batch{self.batch}".lower()
+        """Unique per run of a sweep: the rate and the hedge delay are part of it."""
+        text = f"{self.condition}-{self.system}-batch{self.batch}"
+        text += f"-{self.rate_rps:g}rps" if self.rate_rps else ""
+        text += f"-hedge{self.hedge_ms:g}ms" if self.hedge_ms else ""
+        text = text.lower()
         return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 

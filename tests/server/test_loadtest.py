@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -309,6 +310,11 @@ def test_sweep_slows_or_fails_one_worker_of_every_system():
     assert sweep_failure(EQUAL_RESOURCES, s).kind == "kill" and sweep_failure(CODED, s).kind == "unload"
     hedged = sweep_scenario(HEDGED, KILLED_WORKER, 100, s, hedge_ms=12)
     assert hedged.model == EQUAL_RESOURCES and hedged.hedge_ms == 12 and hedged.failure.model == EQUAL_RESOURCES
+    # every run of a sweep keeps its own samples and locust reports
+    runs = [sweep_scenario(system, condition, rate, s, 12) for system in SWEEP_SYSTEMS
+            for condition in (INTERMITTENT, PERSISTENT) for rate in (100, 300)]
+    runs += [sweep_scenario(HEDGED, INTERMITTENT, 300, s, hedge) for hedge in (8, 20)]
+    assert len({r.slug for r in runs}) == len(runs)
 
 
 def synthetic_sweep() -> SweepRun:
@@ -355,6 +361,13 @@ def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
     assert "| killed worker | 60% | 600 | coded, dedicated parity | 3000 |" in text and "| +50.0% | 1.0% | -0.10% |" in text
     for plot in ("load_sweep_p999_vs_load.png", "load_sweep_p999_vs_extra_work.png"):
         assert f"]({plot})" in text and (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # k = 4: the tighter median goal, and no accuracy estimate from the shipped k = 2 parity model
+    k4 = replace(run, settings=replace(run.settings, k=4))
+    targets = {goal.name: goal.target for goal in sweep_goals(k4)}
+    assert targets["coded, every worker, intermittently slow worker, 60% load: median / Equal-Resources median"] == "<= 1.1"
+    write_sweep_report(tmp_path / "load_sweep_k4.md", info, k4, tmp_path / "runs")
+    text = (tmp_path / "load_sweep_k4.md").read_text()
+    assert "k = 4, batch 1" in text and "| +50.0% | 1.0% | - |" in text and "k = 2 parity model's graph stands in" in text
 
 
 def test_quick_sweep_runs_every_system_against_a_killed_worker(tmp_path):
