@@ -35,7 +35,7 @@ def describe(model: str, figures_path: Path = FIGURES) -> str | None:
     if entry is None:
         return None
     code, test, overhead = entry["code"], entry["test"], entry["overhead"]
-    deployed = figures["deployed"]
+    deployed = entry.get("deployed", figures["deployed"])  # Coded-InvNet has its own deployed model
     return (
         f"{model}: {CODE_NAMES.get(code['kind'], code['kind'])}, k={code['k']}, {overhead['workers']} workers "
         f"(tolerates {entry['tolerates']}).\n"

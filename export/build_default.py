@@ -1,11 +1,15 @@
 """Build the shipped default: LeNet-5 on Fashion-MNIST served directly and behind two codes side by side,
-ParM (k=2, a trained parity model) and NeRCC (K=8, one straggler, 9 workers running LeNet-5 itself);
-export to ONNX, measure each code's degraded-mode accuracy and compute overhead, write the repository.
+ParM (k=2, a trained parity model) and NeRCC (K=8, one straggler, 9 workers running LeNet-5 itself), and
+Coded-InvNet (k=4) with its own invertible classifier; export to ONNX, measure each code's degraded-mode
+accuracy and compute overhead, write the repository.
 
 Usage: .venv/bin/python export/build_default.py [--out build/default] [--repository model_repository]
            [--deployed-onnx model_repository/lenet5/1/model.onnx] [--parity-arch own|wide] [--parity-epochs 20]
+           [--invnet-dir build/invnet]
 Re-running resumes from <out>/checkpoints/ (a finished stage is reused, not retrained).
 ``--deployed-onnx`` adopts an existing deployed model (e.g. the shipped one) instead of training LeNet-5.
+Coded-InvNet's files come from export/train_invnet.py (``--invnet-dir``, its report ``--invnet-training``);
+its figures are measured through a live tritonserver, each data member unloaded in turn.
 The figures land in reports/default_models.json; ./demo.sh prints them beside its sample queries.
 """
 
@@ -23,11 +27,14 @@ import numpy as np
 import torch
 
 from coded_serving.benchmarks.compute import code_overhead, onnx_macs
+from coded_serving.benchmarks.invnet import measure_invnet
 from coded_serving.benchmarks.report_sections import machine_description
 from coded_serving.codes import CodeSpec, make_code
+from coded_serving.codes.invnet import MLPHead
 from coded_serving.codes.stragglers import straggler_patterns
 from coded_serving.deployment.builder import (
-    DEFAULT_DEPLOYED_ONNX as DEPLOYED_ONNX, DEFAULT_NERCC, DEFAULT_PARITY_ONNX as PARITY_ONNX, default_repository_spec,
+    DEFAULT_DEPLOYED_ONNX as DEPLOYED_ONNX, DEFAULT_INVNET, DEFAULT_INVNET_K, DEFAULT_NERCC,
+    DEFAULT_PARITY_ONNX as PARITY_ONNX, INVNET_FEATURES_ONNX, INVNET_HEAD_FILE, default_repository_spec, invnet_backup_onnx,
 )
 from coded_serving.deployment.config_writer import write_repository
 from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
@@ -115,8 +122,8 @@ def measure(spec: CodeSpec, deployed_onnx: Path, coded_onnx: Path, images: np.nd
     }
 
 
-def overhead_figures(spec: CodeSpec, deployed_macs: int, coded_macs: int | None) -> dict:
-    overhead = code_overhead(spec, deployed_macs, coded_macs)
+def overhead_figures(spec: CodeSpec, deployed_macs: int, coded_macs: int | None, output_size: int = 10) -> dict:
+    overhead = code_overhead(spec, deployed_macs, coded_macs, output_size=output_size)
     built = make_code(spec)
     return {
         "workers": built.num_workers,
@@ -126,6 +133,54 @@ def overhead_figures(spec: CodeSpec, deployed_macs: int, coded_macs: int | None)
         "redundant_model_macs_per_query": round(overhead.model_macs),
         "codec_macs_per_query": round(overhead.codec_macs),
         "redundant_macs_relative_to_deployed": round(overhead.relative, 3),
+    }
+
+
+def invnet_entry(args: argparse.Namespace, test) -> dict:
+    """Coded-InvNet at k = DEFAULT_INVNET_K: the files export/train_invnet.py wrote, copied to ``args.out`` and
+    measured as served (the accuracy benchmark's pinned placement, every data member unloaded in turn)."""
+    k = DEFAULT_INVNET_K
+    files = (INVNET_FEATURES_ONNX, invnet_backup_onnx(k), INVNET_HEAD_FILE)
+    missing = [name for name in files if not (args.invnet_dir / name).is_file()]
+    if missing:
+        raise SystemExit(f"{args.invnet_dir} lacks {missing}: run .venv/bin/python export/train_invnet.py first")
+    for name in files:
+        shutil.copyfile(args.invnet_dir / name, args.out / name)
+    training = json.loads(args.invnet_training.read_text())
+    generator = training["generators"][str(k)]
+    served = measure_invnet(args.out, (k,), test.images, test.labels, args.out / "served")[k]
+    head = MLPHead.load(args.out / INVNET_HEAD_FILE)
+    deployed_macs = onnx_macs(args.out / INVNET_FEATURES_ONNX) + sum(weight.size for weight, _ in head.layers)
+    backup_macs = onnx_macs(args.out / invnet_backup_onnx(k))
+    spec = CodeSpec("coded-invnet", k, {"head_file": INVNET_HEAD_FILE})
+    classifier = training["classifier"]
+    return {
+        "code": spec.to_dict(),
+        "tolerates": f"1 missing result per group of {k}",
+        "deployed": {
+            "arch": "i-ResNet",
+            "layers": f"invertible f (residual blocks {classifier['blocks']}, widths {classifier['hidden']}), "
+                      f"MLP head h (hidden {classifier['head_hidden']})",
+            "test_accuracy": round(served["available_accuracy"], 4),
+            "macs_per_query": deployed_macs,
+            "head_runs_in": f"the decoder model {DEFAULT_INVNET}_decoder, for every answer (members return features)",
+        },
+        "backup": {
+            "trained_by": f"export/train_invnet.py ({args.invnet_training.name}, {training['date']})",
+            "macs_per_call": backup_macs,
+            "offline_degraded_accuracy": generator["test"]["degraded_accuracy"],
+            # g untrained outputs the mean image of the group: what the learned backup encoder improves on
+            "mean_image_baseline_degraded_accuracy": generator["test_mean_image"]["degraded_accuracy"],
+        },
+        "test": {
+            "degraded_accuracy": round(served["degraded_accuracy"], 4),
+            "recovery_accuracy": round(served["recovery_accuracy"], 4),
+            "available_accuracy": round(served["available_accuracy"], 4),
+            "test_images": served["queries"],
+            "measured": "served, each data member unloaded in turn",
+        },
+        # the decoder subtracts features (the head's inputs), not logits
+        "overhead": overhead_figures(spec, deployed_macs, backup_macs, output_size=head.layers[0][0].shape[1]),
     }
 
 
@@ -140,6 +195,10 @@ def main() -> None:
     parser.add_argument("--parity-epochs", type=int, default=20)
     parser.add_argument("--parity-lr", type=float, default=1e-3, help="Adam's initial rate, cosine decay to 0")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="weight of the decoded distillation term")
+    parser.add_argument("--invnet-dir", type=Path, default=PROJECT_ROOT / "build" / "invnet",
+                        help="Coded-InvNet's files from export/train_invnet.py")
+    parser.add_argument("--invnet-training", type=Path, default=PROJECT_ROOT / "reports" / "invnet.json",
+                        help="export/train_invnet.py's report for those files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -176,7 +235,7 @@ def main() -> None:
         "load_average_1min": os.getloadavg()[0],
         "command": "export/build_default.py " + " ".join(
             f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items()
-            if key not in ("out", "repository", "report") and value is not None),
+            if key not in ("out", "repository", "report", "invnet_dir", "invnet_training") and value is not None),
         "dataset": {"name": "fashion-mnist", "train": len(data.train), "val": len(data.val), "test": len(test),
                     "seed": args.seed},
         "deployed": {
@@ -217,6 +276,7 @@ def main() -> None:
                 "test": nercc_figures,
                 "overhead": overhead_figures(DEFAULT_NERCC, deployed_macs, None),
             },
+            DEFAULT_INVNET: invnet_entry(args, test),
         },
         "total_seconds": round(time.perf_counter() - started, 1),
         "total_cpu_seconds": round(time.process_time() - started_cpu, 1),

@@ -16,7 +16,7 @@ import tritonclient.http as http
 
 from coded_serving.client import ModelClient, load_retrying
 from coded_serving.deployment.builder import pinned
-from coded_serving.training.invnet import invnet_repository_spec
+from coded_serving.deployment.builder import invnet_repository_spec
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 

@@ -31,8 +31,19 @@ DEFAULT_PARITY_ONNX = "lenet5_parity_parm-addition_k2.onnx"
 #: set and lambdas as validation chose them there (section Tuning, "What is served")
 DEFAULT_NERCC = CodeSpec("nercc", 8, {"num_workers": 9, "worker_points": "approxifer", "lambda_enc": 3e-6,
                                       "lambda_dec": 1e-7})
-#: the codes model_repository/ serves, by ensemble suffix: lenet5_parm, lenet5_nercc
-SHIPPED_CODES = ("parm", "nercc")
+#: Coded-InvNet's files as export/train_invnet.py writes them: the invertible classifier's features f,
+#: the backup model f . g of each k, and the classifier's head, which the decoder model applies
+INVNET_FEATURES_ONNX = "invnet_features.onnx"
+INVNET_HEAD_FILE = "head.npz"
+#: the shipped Coded-InvNet ensemble: k = 4 (5 workers), the invertible classifier as the deployed model
+DEFAULT_INVNET = "iresnet_invnet"
+DEFAULT_INVNET_K = 4
+#: the codes model_repository/ serves, by ensemble suffix: lenet5_parm, lenet5_nercc, iresnet_invnet
+SHIPPED_CODES = ("parm", "nercc", "invnet")
+
+
+def invnet_backup_onnx(k: int) -> str:
+    return f"invnet_backup_k{k}.onnx"
 
 
 def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
@@ -118,13 +129,29 @@ def deployment(
     ))
 
 
+def invnet_repository_spec(name: str, k: int, onnx_dir: Path, deadline_ms: float) -> RepositorySpec:
+    """A Coded-InvNet ensemble from the files export/train_invnet.py wrote: data members serve f (features),
+    the backup member f . g on the whole group, and the decoder model applies the head, so clients get
+    logits."""
+    from coded_serving.codes.invnet import MLPHead
+
+    onnx_dir = Path(onnx_dir)
+    classes = MLPHead.load(onnx_dir / INVNET_HEAD_FILE).layers[-1][0].shape[0]
+    return RepositorySpec(coded_ensemble(
+        name, CodeSpec("coded-invnet", k, {"head_file": INVNET_HEAD_FILE}), onnx_dir / INVNET_FEATURES_ONNX,
+        onnx_dir / invnet_backup_onnx(k), answer=TensorSpec("logits", "FP32", (classes,)),
+        files=(onnx_dir / INVNET_HEAD_FILE,), deadline_ms=deadline_ms,
+    ))
+
+
 def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
                             deadline_ms: float = DEFAULT_DEADLINE_MS,
                             codes: tuple[str, ...] = SHIPPED_CODES) -> RepositorySpec:
     """The shipped repository: LeNet-5 on Fashion-MNIST served directly (``lenet5``) and behind each of
-    ``codes``: ``lenet5_parm`` (ParM, addition encoder, k=2, the parity model from ``onnx_dir``) and
-    ``lenet5_nercc`` (``DEFAULT_NERCC``: K=8, 9 workers running the deployed model). ``codes=("parm",)``
-    gives the smaller ParM-only repository (3 members instead of 12)."""
+    ``codes``: ``lenet5_parm`` (ParM, addition encoder, k=2, the parity model from ``onnx_dir``),
+    ``lenet5_nercc`` (``DEFAULT_NERCC``: K=8, 9 workers running the deployed model) and ``iresnet_invnet``
+    (Coded-InvNet, k=4, its own invertible classifier and backup model from ``onnx_dir``).
+    ``codes=("parm",)`` gives the smaller ParM-only repository (3 members instead of 17)."""
     onnx_dir = Path(onnx_dir)
     unknown = set(codes) - set(SHIPPED_CODES)
     if unknown or not codes:
@@ -137,6 +164,8 @@ def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
     if "nercc" in codes:
         models += coded_ensemble("lenet5_nercc", DEFAULT_NERCC, deployed, deadline_ms=deadline_ms,
                                  accelerator=accelerator)
+    if "invnet" in codes:
+        models += invnet_repository_spec(DEFAULT_INVNET, DEFAULT_INVNET_K, onnx_dir, deadline_ms).models
     return RepositorySpec(models)
 
 
@@ -150,8 +179,15 @@ def pinned(spec: RepositorySpec) -> RepositorySpec:
 def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:
     """The ONNX files a default repository was written from, for building other repositories."""
     target.mkdir(parents=True, exist_ok=True)
-    (target / DEFAULT_DEPLOYED_ONNX).write_bytes((repository / "lenet5" / "1" / "model.onnx").read_bytes())
-    (target / DEFAULT_PARITY_ONNX).write_bytes((repository / "lenet5_parm_coded_0" / "1" / "model.onnx").read_bytes())
+    copies = {
+        DEFAULT_DEPLOYED_ONNX: "lenet5/1/model.onnx",
+        DEFAULT_PARITY_ONNX: "lenet5_parm_coded_0/1/model.onnx",
+        INVNET_FEATURES_ONNX: f"{DEFAULT_INVNET}_member_0/1/model.onnx",
+        invnet_backup_onnx(DEFAULT_INVNET_K): f"{DEFAULT_INVNET}_coded_0/1/model.onnx",
+        INVNET_HEAD_FILE: f"{DEFAULT_INVNET}/1/{INVNET_HEAD_FILE}",
+    }
+    for name, source in copies.items():
+        (target / name).write_bytes((repository / source).read_bytes())
     return target
 
 
@@ -160,8 +196,7 @@ def with_remote_members(models: tuple[ModelSpec, ...], worker_urls: list[str]) -
     ``worker_urls[i]`` (host:port of its gRPC endpoint), under the same model name, through local
     proxies. Every worker serves ``worker_repository(models)``. With several coded ensembles in ``models``
     (the shipped repository), the first one is the frontend's (``lenet5_parm``)."""
-    ensemble = next(m for m in models if isinstance(m, CodedEnsembleSpec))
-    models = tuple(m for m in models if not isinstance(m, OnnxModelSpec) or m.name in ensemble.members)
+    ensemble, models = _first_ensemble(models)
     if len(worker_urls) != len(ensemble.members):
         raise ValueError(f"{ensemble.name} has {len(ensemble.members)} members, got {len(worker_urls)} worker urls")
     local = {m.name: m for m in models if isinstance(m, OnnxModelSpec)}
@@ -176,9 +211,9 @@ def with_remote_members(models: tuple[ModelSpec, ...], worker_urls: list[str]) -
 
 
 def worker_repository(models: tuple[ModelSpec, ...]) -> RepositorySpec:
-    """What every worker of a cluster serves: each distinct ONNX file of the members, once."""
+    """What every worker of a cluster serves: each distinct ONNX file of the first ensemble's members, once."""
     distinct = {}
-    for model in models:
+    for model in _first_ensemble(models)[1]:
         if isinstance(model, OnnxModelSpec):
             distinct.setdefault(_worker_model_name(model), replace(model, name=_worker_model_name(model)))
     return RepositorySpec(tuple(distinct.values()))
@@ -189,6 +224,12 @@ def write_cluster(models: tuple[ModelSpec, ...], worker_urls: list[str], target:
     target = Path(target)
     return (write_repository(with_remote_members(models, worker_urls), target / "frontend"),
             write_repository(worker_repository(models), target / "worker"))
+
+
+def _first_ensemble(models: tuple[ModelSpec, ...]) -> tuple[CodedEnsembleSpec, tuple[ModelSpec, ...]]:
+    """The first coded ensemble of ``models``, and ``models`` without the ONNX models of other ensembles."""
+    ensemble = next(m for m in models if isinstance(m, CodedEnsembleSpec))
+    return ensemble, tuple(m for m in models if not isinstance(m, OnnxModelSpec) or m.name in ensemble.members)
 
 
 def _worker_model_name(model: OnnxModelSpec) -> str:

@@ -13,34 +13,15 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from coded_serving.codes import CodedInvNet, CodeSpec
+from coded_serving.codes import CodedInvNet
 from coded_serving.codes.invnet import MLPHead
-from coded_serving.deployment.builder import coded_ensemble
-from coded_serving.specs import RepositorySpec, TensorSpec
+from coded_serving.deployment.builder import INVNET_FEATURES_ONNX, INVNET_HEAD_FILE, invnet_backup_onnx
 from coded_serving.training.data import Dataset
 from coded_serving.training.invnet_nets import IMAGE_SHAPE, Backup, InvertibleClassifier, InvertibleNet, SymmetricGenerator, mixup_loss
 from coded_serving.training.onnx_export import export_onnx
 from coded_serving.training.parm import _deterministic, _fingerprint, _fit, _groups, classification_epochs
 
-FEATURES_ONNX = "invnet_features.onnx"
-HEAD_FILE = "head.npz"
 ONNX_CHECK_SIZE = 64
-
-
-def backup_onnx(k: int) -> str:
-    return f"invnet_backup_k{k}.onnx"
-
-
-def invnet_repository_spec(name: str, k: int, onnx_dir: Path, deadline_ms: float) -> RepositorySpec:
-    """A Coded-InvNet ensemble from the files ``export_invnet`` wrote: data members serve f (features),
-    the backup member f . g on the whole group, and the decoder model applies the head, so clients get
-    logits."""
-    onnx_dir = Path(onnx_dir)
-    classes = MLPHead.load(onnx_dir / HEAD_FILE).layers[-1][0].shape[0]
-    return RepositorySpec(coded_ensemble(
-        name, CodeSpec("coded-invnet", k, {"head_file": HEAD_FILE}), onnx_dir / FEATURES_ONNX, onnx_dir / backup_onnx(k),
-        answer=TensorSpec("logits", "FP32", (classes,)), files=(onnx_dir / HEAD_FILE,), deadline_ms=deadline_ms,
-    ))
 
 
 def train_invertible_classifier(
@@ -209,13 +190,13 @@ def export_invnet(classifier: InvertibleClassifier, generators: dict[int, Symmet
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check = check_images[:ONNX_CHECK_SIZE]
-    diffs = {FEATURES_ONNX: export_onnx(classifier.features, out / FEATURES_ONNX, output_name="features",
+    diffs = {INVNET_FEATURES_ONNX: export_onnx(classifier.features, out / INVNET_FEATURES_ONNX, output_name="features",
                                         check_inputs=check)}
     for k, generator in generators.items():
         count = min(ONNX_CHECK_SIZE, len(check_images) // k)
         groups = check_images[: count * k].reshape(count, k, *IMAGE_SHAPE)
-        diffs[backup_onnx(k)] = export_onnx(Backup(generator, classifier.features), out / backup_onnx(k),
+        diffs[invnet_backup_onnx(k)] = export_onnx(Backup(generator, classifier.features), out / invnet_backup_onnx(k),
                                             output_name="features", sample_shape=(k, *IMAGE_SHAPE),
                                             check_inputs=groups)
-    head_of(classifier).save(out / HEAD_FILE)
+    head_of(classifier).save(out / INVNET_HEAD_FILE)
     return diffs

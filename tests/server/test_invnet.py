@@ -20,10 +20,11 @@ from coded_serving.training.invnet_nets import (
 )
 from coded_serving.benchmarks.invnet import measure_served
 from coded_serving.training.invnet import (
-    FEATURES_ONNX, HEAD_FILE, backup_onnx, degraded_metrics, export_invnet, head_of, invnet_repository_spec, train_generator,
-    train_invertible_classifier,
+    degraded_metrics, export_invnet, head_of, train_generator, train_invertible_classifier,
 )
-from coded_serving.deployment.builder import pinned
+from coded_serving.deployment.builder import (
+    INVNET_FEATURES_ONNX, INVNET_HEAD_FILE, invnet_backup_onnx, invnet_repository_spec, pinned,
+)
 from coded_serving.deployment.launcher import ServerConfig, TritonServer, free_port, with_admin_key
 from coded_serving.deployment.config_writer import write_repository
 
@@ -73,13 +74,13 @@ def test_decode_is_exact_when_the_backup_feature_is_the_mean() -> None:
 
 def test_postprocess_is_the_torch_head_and_the_head_file_round_trips(tmp_path: Path) -> None:
     classifier = InvertibleClassifier(**TINY).eval()
-    head_of(classifier).save(tmp_path / HEAD_FILE)
-    code = make_code(CodeSpec("coded-invnet", 2, {"head_file": HEAD_FILE}), tmp_path)
+    head_of(classifier).save(tmp_path / INVNET_HEAD_FILE)
+    code = make_code(CodeSpec("coded-invnet", 2, {"head_file": INVNET_HEAD_FILE}), tmp_path)
     features = torch.randn(9, classifier.features.feature_dim)
     with torch.no_grad():
         want = classifier.head(features).numpy()
     np.testing.assert_allclose(code.postprocess(features.numpy()), want, rtol=1e-5, atol=1e-5)
-    assert len(MLPHead.load(tmp_path / HEAD_FILE).layers) == 2
+    assert len(MLPHead.load(tmp_path / INVNET_HEAD_FILE).layers) == 2
     with pytest.raises(ValueError, match="head.npz"):
         CodedInvNet(2).postprocess(features.numpy())
 
@@ -143,7 +144,7 @@ def exported(small: Dataset, tmp_path_factory) -> tuple[Path, dict]:
 def test_tiny_training_inverts_and_exports(exported: tuple[Path, dict]) -> None:
     out, figures = exported
     assert figures["target_groups"] == 100 and figures["inversion_relative_residual"] < 1e-3
-    assert {p.name for p in out.iterdir()} >= {FEATURES_ONNX, backup_onnx(K), HEAD_FILE}
+    assert {p.name for p in out.iterdir()} >= {INVNET_FEATURES_ONNX, invnet_backup_onnx(K), INVNET_HEAD_FILE}
 
 
 def _onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -164,9 +165,9 @@ def served(exported: tuple[Path, dict], tmp_path_factory):
 
 def _offline(out: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, MLPHead]:
     """Features of every image and of every group's backup, from the exported ONNX files."""
-    features = _onnx(out / FEATURES_ONNX, images)
-    backup = _onnx(out / backup_onnx(K), images.reshape(-1, K, 1, 28, 28))
-    return features, backup, MLPHead.load(out / HEAD_FILE)
+    features = _onnx(out / INVNET_FEATURES_ONNX, images)
+    backup = _onnx(out / invnet_backup_onnx(K), images.reshape(-1, K, 1, 28, 28))
+    return features, backup, MLPHead.load(out / INVNET_HEAD_FILE)
 
 
 def test_served_answers_equal_the_offline_computation(exported: tuple[Path, dict], served, small: Dataset) -> None:

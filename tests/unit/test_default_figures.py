@@ -88,7 +88,7 @@ def test_report_tables_get_overhead_columns_and_an_equal_compute_comparison():
     assert again.markdown == section.markdown
 
 
-def test_the_shipped_spec_serves_both_codes_beside_the_deployed_model():
+def test_the_shipped_spec_serves_every_code_beside_the_deployed_model():
     from coded_serving.deployment.builder import default_repository_spec, onnx_files_of_default_repository
     import tempfile
     from pathlib import Path
@@ -96,8 +96,11 @@ def test_the_shipped_spec_serves_both_codes_beside_the_deployed_model():
     with tempfile.TemporaryDirectory() as scratch:
         spec = default_repository_spec(onnx_files_of_default_repository(DEFAULT_REPOSITORY, Path(scratch)))
     ensembles = {m.name: m for m in spec.models if isinstance(m, CodedEnsembleSpec)}
-    assert set(ensembles) == {"lenet5_parm", "lenet5_nercc"}
+    assert set(ensembles) == {"lenet5_parm", "lenet5_nercc", "iresnet_invnet"}
     assert len(ensembles["lenet5_nercc"].members) == 9 and ensembles["lenet5_nercc"].code == DEFAULT_NERCC
+    invnet = ensembles["iresnet_invnet"]
+    assert invnet.code.kind == "coded-invnet" and invnet.code.k == 4 and len(invnet.members) == 5
+    assert invnet.output.name == "logits" and invnet.output.dims == (10,)  # the decoder applies the head
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def test_the_shipped_repository_has_the_default_models():
     assert {"lenet5", "lenet5_parm", "lenet5_parm_member_0", "lenet5_parm_member_1", "lenet5_parm_coded_0",
             "lenet5_parm_encoder", "lenet5_parm_decoder",
             "lenet5_nercc", *(f"lenet5_nercc_coded_{j}" for j in range(9)), "lenet5_nercc_encoder",
-            "lenet5_nercc_decoder"} == names
+            "lenet5_nercc_decoder",
+            "iresnet_invnet", *(f"iresnet_invnet_member_{i}" for i in range(4)), "iresnet_invnet_coded_0",
+            "iresnet_invnet_encoder", "iresnet_invnet_decoder"} == names
 
 
 def test_the_default_spec_can_leave_codes_out(onnx_dir):
@@ -54,6 +56,8 @@ def test_the_default_spec_can_leave_codes_out(onnx_dir):
                          "lenet5_parm_encoder", "lenet5_parm_decoder"}
     nercc_only = {m.name for m in default_repository_spec(onnx_dir, codes=("nercc",)).models}
     assert "lenet5" in nercc_only and "lenet5_nercc_coded_8" in nercc_only and not any("parm" in n for n in nercc_only)
+    invnet_only = {m.name for m in default_repository_spec(onnx_dir, codes=("invnet",)).models}
+    assert "iresnet_invnet_coded_0" in invnet_only and not any(n.startswith("lenet5_") for n in invnet_only)
     with pytest.raises(ValueError, match="codes must be some of"):
         default_repository_spec(onnx_dir, codes=("berrut",))
 
