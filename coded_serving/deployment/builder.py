@@ -170,10 +170,11 @@ def default_repository_spec(onnx_dir: Path, accelerator: str | None = None,
 
 
 def pinned(spec: RepositorySpec) -> RepositorySpec:
-    """``spec`` with every coded ensemble placing data role i on member i and forming groups per request:
-    for measurements that unload member j and expect exactly the queries of slot j decoded."""
-    return RepositorySpec(tuple(replace(m, pin_roles=True, group_close_us=0) if isinstance(m, CodedEnsembleSpec)
-                                else m for m in spec.models))
+    """``spec`` with every coded ensemble placing data role i on member i, forming groups per request and
+    without the circuit breaker: for measurements that unload member j and expect exactly the queries of
+    slot j decoded (a breaker would keep skipping j for a while after it is loaded again)."""
+    return RepositorySpec(tuple(replace(m, pin_roles=True, group_close_us=0, suspend_after_misses=0)
+                                if isinstance(m, CodedEnsembleSpec) else m for m in spec.models))
 
 
 def onnx_files_of_default_repository(repository: Path, target: Path) -> Path:

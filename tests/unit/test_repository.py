@@ -209,6 +209,6 @@ def test_every_worker_topology_puts_both_models_on_each_worker_device(onnx_dir):
 def test_pinned_spec_places_data_roles_on_their_members_and_groups_per_request(onnx_dir):
     spec = pinned(default_repository_spec(onnx_dir))
     ensembles = [m for m in spec.models if isinstance(m, CodedEnsembleSpec)]
-    assert ensembles and all(e.pin_roles and e.group_close_us == 0 for e in ensembles)
+    assert ensembles and all(e.pin_roles and e.group_close_us == 0 and e.suspend_after_misses == 0 for e in ensembles)
     parameters = model_config(ensembles[0]).parameters
     assert parameters["pin_roles"].string_value == "true" and parameters["group_close_us"].string_value == "0"
