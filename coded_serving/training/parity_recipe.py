@@ -1,16 +1,22 @@
 """A stronger ParM parity-model recipe than ParM's own (docs/codes.md section 1), used by the shipped default.
 
 ParM allows any parity architecture and any training as long as F_P(encode(x_1..x_k)) approximates
-sum_i F(x_i). Three changes over the reference recipe (same architecture as F, MSE, constant lr):
+sum_i F(x_i). The changes over the reference recipe (same architecture as F, MSE, constant lr):
 
 - architecture: ``WideLeNet``, a LeNet-shaped CNN with wider convolutions and batch normalisation
-  (the input is a sum of k images, so its scale grows with k), or the deployed graph itself
-  (``training.build.own_architecture``) started from the deployed weights;
+  (the input is a sum of k images, so its scale grows with k; batch norm after each convolution makes
+  the parity model blind to that scale), or the deployed graph itself (``training.build.own_architecture``)
+  started from the deployed weights;
 - loss: the MSE of ParM plus a distillation term on what the subtraction decoder returns: for every
   position j, KL(softmax(F(x_j)/T) || softmax(decoded_j/T)), decoded_j = F_P(P) - sum_{i != j} F(x_i).
   The MSE treats every logit alike; the decoder's argmax is what degraded-mode accuracy counts. The
-  targets are still F's outputs, never labels, so the parity model learns F, not the task;
+  targets are still F's outputs, never labels, so the parity model learns F, not the task. Optionally
+  (``centred``) the MSE ignores the part of the error common to all classes, which no decoded softmax sees;
 - schedule: cosine learning-rate decay to zero over the epochs.
+
+Train and validation losses agree closely (coding groups are re-drawn every epoch, so a group is
+practically never seen twice): the parity model underfits, and capacity and epochs are what help;
+``max_shift`` augmentation is there for larger parity models that would overfit.
 
 The epoch with the best validation degraded-mode accuracy is kept, as in ``training.parm``.
 """
@@ -50,12 +56,20 @@ class WideLeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def parity_loss(output: torch.Tensor, member_logits: torch.Tensor, distill_weight: float, temperature: float) -> torch.Tensor:
-    """``member_logits`` [B, k, C]: F(x_i) of the group. MSE to their sum plus the decoded distillation term."""
-    total = member_logits.sum(dim=1)
-    loss = functional.mse_loss(output, total)
+def parity_loss(output: torch.Tensor, member_logits: torch.Tensor, distill_weight: float, temperature: float,
+                mse_weight: float = 1.0, centred: bool = False) -> torch.Tensor:
+    """``member_logits`` [B, k, C]: F(x_i) of the group. MSE to their sum plus the decoded distillation term.
+
+    Every decoded output is F(x_j) + e with the same error e = F_P(P) - sum_i F(x_i), so ``centred`` drops
+    e's mean over the classes from the MSE: a constant shift of all logits changes no softmax and no
+    argmax, and the parity model need not spend capacity on it.
+    """
+    error = output - member_logits.sum(dim=1)
+    if centred:
+        error = error - error.mean(dim=-1, keepdim=True)
+    loss = mse_weight * error.pow(2).mean()
     if distill_weight:
-        decoded = output[:, None, :] - total[:, None, :] + member_logits  # [B, k, C]
+        decoded = member_logits + error[:, None, :]  # [B, k, C], what the subtraction decoder returns
         log_p = functional.log_softmax(decoded / temperature, dim=-1)
         target = functional.softmax(member_logits / temperature, dim=-1)
         kl = functional.kl_div(log_p.flatten(0, 1), target.flatten(0, 1), reduction="batchmean")
@@ -63,12 +77,34 @@ def parity_loss(output: torch.Tensor, member_logits: torch.Tensor, distill_weigh
     return loss
 
 
+def shifted(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Each image moved by up to ``max_shift`` pixels along each axis (zero fill): label-free augmentation,
+    since the parity model's targets are then F's outputs on the moved images."""
+    if not max_shift:
+        return images
+    s = max_shift
+    height, width = images.shape[-2:]
+    padded = np.pad(images, [(0, 0)] * (images.ndim - 2) + [(s, s), (s, s)])
+    offsets = rng.integers(0, 2 * s + 1, size=(len(images), 2))
+    out = np.empty_like(images)
+    for dy in range(2 * s + 1):
+        for dx in range(2 * s + 1):
+            rows = np.flatnonzero((offsets[:, 0] == dy) & (offsets[:, 1] == dx))
+            out[rows] = padded[rows, ..., dy:dy + height, dx:dx + width]
+    return out
+
+
 def train_parity(
     deployed: nn.Module, code: Code, parity: nn.Module, data: Dataset, epochs: int, seed: int = 0, *,
     lr: float = 1e-3, weight_decay: float = 1e-5, batch_size: int = 64, distill_weight: float = 1.0,
-    temperature: float = 1.0, history: list[dict] | None = None, progress: bool = True,
+    temperature: float = 1.0, mse_weight: float = 1.0, centred: bool = False, max_shift: int = 0,
+    history: list[dict] | None = None, progress: bool = True,
 ) -> nn.Module:
-    """Train ``parity`` in place (Adam, cosine decay) and return it with its best validation epoch's weights."""
+    """Train ``parity`` in place (Adam, cosine decay) and return it with its best validation epoch's weights.
+
+    Coding groups are re-drawn every epoch; with ``max_shift`` every image is also moved at random
+    first and F's targets recomputed on the moved images (F is frozen and cheap beside the parity model).
+    """
     train_logits = predict_logits(deployed, data.train.images)
     val_logits = predict_logits(deployed, data.val.images)
     rng = np.random.default_rng(seed)
@@ -80,12 +116,16 @@ def train_parity(
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             groups = _groups(rng.permutation(len(data.train)), code.k)
-            inputs = torch.from_numpy(_parity_inputs(code, data.train.images, groups))
-            targets = torch.from_numpy(train_logits[groups])
+            images, logits = data.train.images, train_logits
+            if max_shift:
+                images = shifted(images, rng, max_shift)
+                logits = predict_logits(deployed, images)
+            inputs = torch.from_numpy(_parity_inputs(code, images, groups))
+            targets = torch.from_numpy(logits[groups])
             parity.train()
             total_loss = 0.0
             for batch_inputs, batch_targets in zip(inputs.split(batch_size), targets.split(batch_size)):
-                loss = parity_loss(parity(batch_inputs), batch_targets, distill_weight, temperature)
+                loss = parity_loss(parity(batch_inputs), batch_targets, distill_weight, temperature, mse_weight, centred)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
