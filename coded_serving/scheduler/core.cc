@@ -217,6 +217,14 @@ std::vector<int> Race::late_roles(double now) const {
   return late;
 }
 
+bool Race::needs_coded(double now) const {
+  for (int role = 0; role < code_.num_workers; ++role)
+    if (code_.is_original(role) &&
+        (state_[role] == Call::Failed || (state_[role] == Call::Pending && now >= deadline_[role])))
+      return true;
+  return false;
+}
+
 bool Placement::runs(int worker, int role) const {
   if (every_worker) return true;
   if (code.is_original(role)) return pinned ? worker == role : worker < code.k;
@@ -256,11 +264,13 @@ bool Dispatcher::free_peer(const Task& task, int except, double now) const {
 std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable) {
   std::vector<Assignment> assignments;
   const int workers = placement_.code.num_workers;
-  // Originals before coded tasks (each in arrival order): an original answers its query by
-  // itself, a coded task only matters if an original is late, so where they compete for a
-  // worker (every-worker placement) redundancy spends idle capacity without queueing ahead.
-  std::stable_partition(queue_.begin(), queue_.end(),
-                        [&](const Task& t) { return placement_.code.is_original(t.role); });
+  // Originals and the coded tasks of promoted groups before other coded tasks (each in arrival
+  // order): an original answers its query by itself, a coded task matters only once an original
+  // is late, so where they compete for a worker (every-worker placement) redundancy spends idle
+  // capacity until a group needs it.
+  std::stable_partition(queue_.begin(), queue_.end(), [&](const Task& t) {
+    return placement_.code.is_original(t.role) || promoted_.count(t.group);
+  });
   for (auto it = queue_.begin(); it != queue_.end();) {
     std::vector<int> options = candidates(*it);
     bool all_suspended = !it->forced;
@@ -310,6 +320,7 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
 
 void Dispatcher::forget(uint64_t group) {
   used_.erase(group);
+  promoted_.erase(group);
   queue_.erase(std::remove_if(queue_.begin(), queue_.end(), [&](const Task& t) { return t.group == group; }),
                queue_.end());
 }

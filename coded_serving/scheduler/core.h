@@ -7,6 +7,7 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -99,6 +100,8 @@ class Race {
   bool reconstructed(int query) const { return reconstructed_[query]; }
   // Called roles still pending past their deadline (late for the breaker).
   std::vector<int> late_roles(double now) const;
+  // An original failed or passed its deadline: the group's coded roles are what may answer it now.
+  bool needs_coded(double now) const;
 
  private:
   bool settled(int role) const;
@@ -171,6 +174,8 @@ class Dispatcher {
   // may ever take (each one it could run on already has a task of the group).
   std::vector<Assignment> next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable);
   void returned(int worker) { --in_flight_[worker]; }
+  // The group's coded tasks leave the queue with the originals from now on (see next()).
+  void promote(uint64_t group) { promoted_.insert(group); }
   void forget(uint64_t group);  // drops its queued tasks
   bool idle_worker_for(uint64_t group, int role, double now) const;
   int in_flight(int worker) const { return in_flight_[worker]; }
@@ -185,6 +190,7 @@ class Dispatcher {
   MemberHealth* health_;
   std::deque<Task> queue_;
   std::map<uint64_t, std::vector<bool>> used_;  // per group: workers that got one of its tasks
+  std::set<uint64_t> promoted_;
   std::vector<int> in_flight_;
 };
 

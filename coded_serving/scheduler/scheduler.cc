@@ -100,6 +100,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
     // an open group whose queries are all answered has nothing left to protect
     if (open_ == group && g.race.all_resolved()) close(group, now);
     Actions actions = g.race.poll(now);
+    if (g.race.needs_coded(now)) dispatcher_.promote(g.id);
     for (const auto& [query, message] : actions.errors) fail(g, query, message, out);
     bool again = false;
     for (int role : actions.call) {

@@ -339,6 +339,35 @@ TEST(originals_go_before_coded_tasks_queued_earlier) {
   CHECK(then.size() == 1 && then[0].tasks[0].group == 1 && then[0].tasks[0].role == 2);
 }
 
+TEST(a_promoted_groups_coded_task_goes_with_the_originals) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(1, 1));
+  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);
+  dispatcher.push(task(1, 2));  // group 1's parity: one of its originals is late
+  dispatcher.push(task(2, 0));
+  dispatcher.promote(1);
+  std::vector<Assignment> free_worker = dispatcher.next(0, held, unplaceable);
+  CHECK(free_worker.size() == 1 && free_worker[0].tasks[0].group == 1 && free_worker[0].tasks[0].role == 2);
+}
+
+TEST(a_group_needs_its_coded_roles_once_an_original_is_late_or_failed) {
+  Race late = group_of(kParm, 2, 0.010, 1.0, 0);
+  late.poll(0);
+  CHECK(!late.needs_coded(0.005));
+  CHECK(late.needs_coded(0.010));  // role 0 and 1 pending past the 10 ms deadline
+  late.on_answer(0, true);
+  late.on_answer(1, true);
+  CHECK(!late.needs_coded(0.020));
+  Race failed = group_of(kParm, 2, 0.010, 1.0, 0);
+  failed.poll(0);
+  failed.on_failure(1, "member_1: unloaded");
+  CHECK(failed.needs_coded(0.001));
+}
+
 TEST(every_worker_roles_rotate_over_all_workers) {
   MemberHealth health(3, 3, 1.0);
   placement_under_test = Placement{kParm, true};
