@@ -414,6 +414,7 @@ def locust_command(locustfile: Path, scenario: Scenario, url: str, out_dir: Path
 
 def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, out_dir: Path) -> ScenarioResult:
     """Switch the scenario's faults on, run locust for its duration (failing a member on time), switch them off."""
+    out_dir = Path(out_dir).resolve()  # locust runs in it: a relative path would point below itself
     out_dir.mkdir(parents=True, exist_ok=True)
     bench.reset()
     for model, faults in scenario.faults:
