@@ -280,6 +280,10 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
       it = queue_.erase(it);
       continue;
     }
+    // Redundancy nobody waits for yet takes a worker that serves originals only if another stays free.
+    const bool optional =
+        placement_.code.systematic && !placement_.code.is_original(it->role) && !promoted_.count(it->group);
+    const bool spare = !optional || free_for_originals(now) >= 2;
     const int start = it->preferred;
     std::sort(options.begin(), options.end(), [&](int a, int b) {
       if (in_flight_[a] != in_flight_[b]) return in_flight_[a] < in_flight_[b];
@@ -287,7 +291,8 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
     });
     int chosen = -1;
     for (int w : options)
-      if (in_flight_[w] < calls_per_worker_ && (it->forced || health_->callable(w, now))) {
+      if (in_flight_[w] < calls_per_worker_ && (spare || !placement_.runs(w, 0)) &&
+          (it->forced || health_->callable(w, now))) {
         chosen = w;
         break;
       }
@@ -325,9 +330,18 @@ void Dispatcher::forget(uint64_t group) {
                queue_.end());
 }
 
-bool Dispatcher::idle_worker_for(uint64_t group, int role, double now) const {
+int Dispatcher::free_for_originals(double now) const {
+  int free = 0;
   for (int w = 0; w < placement_.code.num_workers; ++w)
-    if (placement_.runs(w, role) && !used(group, w) && in_flight_[w] == 0 && !health_->suspended(w, now)) return true;
+    free += in_flight_[w] < calls_per_worker_ && placement_.runs(w, 0) && !health_->suspended(w, now);
+  return free;
+}
+
+bool Dispatcher::spare_worker_for(uint64_t group, int role, double now) const {
+  for (int w = 0; w < placement_.code.num_workers; ++w)
+    if (placement_.runs(w, role) && !used(group, w) && in_flight_[w] < calls_per_worker_ &&
+        !health_->suspended(w, now))
+      return free_for_originals(now) >= 2;
   return false;
 }
 

@@ -177,11 +177,14 @@ class Dispatcher {
   // The group's coded tasks leave the queue with the originals from now on (see next()).
   void promote(uint64_t group) { promoted_.insert(group); }
   void forget(uint64_t group);  // drops its queued tasks
-  bool idle_worker_for(uint64_t group, int role, double now) const;
+  // A worker idles that may take the group's role, and another stays idle for the next query's
+  // original: an immediate copy costs a non-preemptible execute that the next query would wait for.
+  bool spare_worker_for(uint64_t group, int role, double now) const;
   int in_flight(int worker) const { return in_flight_[worker]; }
 
  private:
   bool used(uint64_t group, int worker) const;
+  int free_for_originals(double now) const;  // workers that could start a query's original now
   std::vector<int> candidates(const Task& task) const;
   bool free_peer(const Task& task, int except, double now) const;
 

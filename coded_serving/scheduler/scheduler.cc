@@ -87,7 +87,7 @@ void Scheduler::close(const std::shared_ptr<Group>& group, double now) {
   // reserve, sent only if the original errors or passes its deadline (a hedge).
   const int queries = group->race.num_queries();
   const bool copies_now =
-      config_.copy_when_idle && queries < config_.k && dispatcher_.idle_worker_for(group->id, queries, now);
+      config_.copy_when_idle && queries < config_.k && dispatcher_.spare_worker_for(group->id, queries, now);
   group->race.close(now, copies_now);
   if (config_.encoder == Encoder::Sum) group->encode_by_sum();
   if (open_ == group) open_.reset();

@@ -249,6 +249,7 @@ TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
   dispatcher.push(task(7, 0));
   dispatcher.push(task(7, 1));
   dispatcher.push(task(7, 2));
+  dispatcher.promote(7);  // its parity is needed now: it takes the last free worker
   std::vector<Assignment> first = dispatcher.next(0, held, unplaceable);
   CHECK(first.size() == 3);
   std::vector<int> workers = workers_of(first);
@@ -329,14 +330,39 @@ TEST(originals_go_before_coded_tasks_queued_earlier) {
   std::vector<Task> held, unplaceable;
   dispatcher.push(task(1, 0));
   dispatcher.push(task(1, 1));
-  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // one worker left free
+  std::vector<Assignment> originals = dispatcher.next(0, held, unplaceable);
+  CHECK(originals.size() == 2);  // one worker left free
   dispatcher.push(task(1, 2));  // group 1's parity, then a new query's original
   dispatcher.push(task(2, 0));
   std::vector<Assignment> free_worker = dispatcher.next(0, held, unplaceable);
   CHECK(free_worker.size() == 1 && free_worker[0].tasks.size() == 1 && free_worker[0].tasks[0].group == 2);
   dispatcher.returned(free_worker[0].worker);
-  std::vector<Assignment> then = dispatcher.next(0, held, unplaceable);  // the parity, once a worker frees
+  CHECK(dispatcher.next(0, held, unplaceable).empty());  // one free worker stays free for queries
+  dispatcher.returned(originals[0].worker);
+  std::vector<Assignment> then = dispatcher.next(0, held, unplaceable);  // the parity, once two are free
   CHECK(then.size() == 1 && then[0].tasks[0].group == 1 && then[0].tasks[0].role == 2);
+}
+
+TEST(unneeded_redundancy_leaves_a_worker_free_for_the_next_query) {
+  MemberHealth health(3, 3, 1.0);
+  placement_under_test = Placement{kParm, true};
+  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+  std::vector<Task> held, unplaceable;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(1, 1));
+  dispatcher.push(task(1, 2));
+  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // the parity would take the last free worker
+  dispatcher.returned(0);
+  dispatcher.returned(1);
+  std::vector<Assignment> later = dispatcher.next(0, held, unplaceable);  // two free: one takes it
+  CHECK(later.size() == 1 && later[0].tasks[0].role == 2);
+  dispatcher.forget(1);
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dedicated(placement_under_test, 1, 8, &health);
+  dedicated.push(task(2, 0));
+  dedicated.push(task(2, 1));
+  dedicated.push(task(2, 2));
+  CHECK(dedicated.next(0, held, unplaceable).size() == 3);  // a parity worker serves no originals
 }
 
 TEST(a_promoted_groups_coded_task_goes_with_the_originals) {
@@ -378,6 +404,7 @@ TEST(every_worker_roles_rotate_over_all_workers) {
     dispatcher.push(task(g, 0));
     dispatcher.push(task(g, 1));
     dispatcher.push(task(g, 2));
+    dispatcher.promote(g);
     for (const Assignment& a : dispatcher.next(0, held, unplaceable)) {
       if (a.tasks[0].role == 2) ++parity_on[a.worker];
       dispatcher.returned(a.worker);
@@ -419,17 +446,22 @@ TEST(dispatcher_holds_back_tasks_of_suspended_workers_and_probes) {
   CHECK(dispatcher.next(1.1, held, unplaceable).empty() && held.size() == 2);
 }
 
-TEST(idle_worker_is_seen_for_an_immediate_copy) {
+TEST(an_immediate_copy_leaves_a_worker_idle_for_the_next_query) {
   MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, false};
+  placement_under_test = Placement{kParm, true};
   Dispatcher dispatcher(placement_under_test, 1, 8, &health);
   std::vector<Task> held, unplaceable;
   dispatcher.push(task(1, 0));
-  std::vector<Assignment> a = dispatcher.next(0, held, unplaceable);
-  CHECK(dispatcher.idle_worker_for(1, 1, 0));  // the other data worker idles
+  dispatcher.next(0, held, unplaceable);
+  CHECK(dispatcher.spare_worker_for(1, 1, 0));  // two workers idle: one takes the copy, one stays free
   dispatcher.push(task(2, 0));
   dispatcher.next(0, held, unplaceable);
-  CHECK(!dispatcher.idle_worker_for(1, 1, 0));  // busy: the copy waits in reserve
+  CHECK(!dispatcher.spare_worker_for(1, 1, 0));  // one idle: the copy waits in reserve
+  placement_under_test = Placement{kParm, false};
+  Dispatcher dedicated(placement_under_test, 1, 8, &health);
+  dedicated.push(task(3, 0));
+  dedicated.next(0, held, unplaceable);
+  CHECK(!dedicated.spare_worker_for(3, 1, 0));  // the other data worker is the only one left for originals
 }
 
 TEST(adaptive_deadline_is_a_percentile_times_a_margin_within_bounds) {
