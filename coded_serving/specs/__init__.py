@@ -77,8 +77,8 @@ class CodedEnsembleSpec:
     Coding groups form as queries stream in: a group closes on its k-th query, once all its queries
     are answered, or ``group_close_us`` after it opened; a partial group is padded with copies of its
     own queries, and a lone query's copy is held in reserve and sent when its original errors or
-    passes the deadline, or at once when a worker idles (``copy_when_idle``). With ``deadline_min_ms``
-    the deadline adapts: ``deadline_percentile`` of the members' last ``deadline_window`` call
+    passes the deadline, or at once when a worker idles and another stays free for the next query
+    (``copy_when_idle``). With ``deadline_min_ms`` the deadline adapts: ``deadline_percentile`` of the members' last ``deadline_window`` call
     latencies times ``deadline_margin``, within [deadline_min_ms, deadline_ms]; without it the
     deadline is ``deadline_ms``. ``topology="every_worker"``: each of the k+1 workers hosts the
     deployed model (``members[w]``) and the parity model (``parity_members[w]``) and roles rotate per
