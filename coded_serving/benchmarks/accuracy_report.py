@@ -717,8 +717,9 @@ def _default_lines(default: dict) -> list[str]:
     return [
         "### The shipped default (model_repository/, `export/build_default.py`, reports/default_models.json)",
         "",
-        f"LeNet-5 ({deployed['test_accuracy']:.3f}) served directly and behind each code; one worker missing, "
-        "offline with the serving codecs on the 10k test images.",
+        f"LeNet-5 ({deployed['test_accuracy']:.3f}) served directly and behind ParM and NeRCC, an i-ResNet behind "
+        "Coded-InvNet (x F: that row's own deployed model); one worker missing, on the 10k test images "
+        "(offline with the serving codecs; Coded-InvNet through a live server).",
         "",
         *_table(["ensemble", "code", "k", "workers", WORKERS_COLUMN, MACS_COLUMN, "none missing", "degraded",
                  "recovery"], rows),
