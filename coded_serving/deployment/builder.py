@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from coded_serving.codes import CodeSpec, make_code
+from coded_serving.codes.invnet import MLPHead
 from coded_serving.deployment.config_writer import write_repository
 from coded_serving.specs import CodedEnsembleSpec, ModelSpec, OnnxModelSpec, RemoteModelSpec, RepositorySpec, TensorSpec
 
@@ -133,8 +134,6 @@ def invnet_repository_spec(name: str, k: int, onnx_dir: Path, deadline_ms: float
     """A Coded-InvNet ensemble from the files export/train_invnet.py wrote: data members serve f (features),
     the backup member f . g on the whole group, and the decoder model applies the head, so clients get
     logits."""
-    from coded_serving.codes.invnet import MLPHead
-
     onnx_dir = Path(onnx_dir)
     classes = MLPHead.load(onnx_dir / INVNET_HEAD_FILE).layers[-1][0].shape[0]
     return RepositorySpec(coded_ensemble(
