@@ -319,3 +319,41 @@ def test_metrics_count_queries_reconstructions_and_member_failures(server, admin
     assert value(after, "coded_member_errors_total", member=MEMBERS[0]) > value(
         before, "coded_member_errors_total", member=MEMBERS[0])
     assert value(after, "coded_decode_duration_us_total") > value(before, "coded_decode_duration_us_total")
+
+
+def test_shipped_coded_invnet_answers_and_reconstructs_a_lost_member(server, admin, override_parameters, images):
+    """iresnet_invnet (k=4): with every member up, logits equal to the library's head over the members'
+    features; with a data member unloaded, exactly one query per group is decoded, equal to the library's
+    decode without that slot."""
+    from coded_serving.codes import CodeSpec, make_code
+
+    override_parameters("iresnet_invnet", {"deadline_ms": "5000"})  # no healthy member counts as late
+    k, name = 4, "iresnet_invnet"
+    batch = images[:8]
+    code = make_code(CodeSpec("coded-invnet", k, {"head_file": "head.npz"}), DEFAULT_REPOSITORY / name / "1")
+
+    def run(model: str, inputs: np.ndarray) -> np.ndarray:
+        session = onnxruntime.InferenceSession(str(DEFAULT_REPOSITORY / model / "1" / "model.onnx"))
+        return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(inputs)})[0]
+
+    groups = batch.reshape(-1, k, *batch.shape[1:])
+    features = run(f"{name}_member_0", batch).reshape(len(groups), k, -1)
+    backup = run(f"{name}_coded_0", code.encode(groups)[:, 0])
+    results = np.concatenate([features, backup[:, None]], axis=1)  # [groups, k + 1, features]
+
+    with ModelClient(server.config.http_url, name) as client:
+        healthy = client.infer(batch)
+    assert not healthy.reconstructed.any()
+    every_up = code.postprocess(code.decode(results, np.ones(k + 1, bool)))
+    np.testing.assert_allclose(healthy.outputs, every_up.reshape(len(batch), -1), atol=1e-4)
+
+    admin.unload_model(f"{name}_member_2")
+    with ModelClient(server.config.http_url, name) as client:
+        lost = client.infer(batch)
+    flags = lost.reconstructed.reshape(len(groups), k)
+    np.testing.assert_array_equal(flags.sum(axis=1), 1)  # late binding picks which slot the lost member held
+    for group, slot in enumerate(flags.argmax(axis=1)):
+        available = np.ones(k + 1, bool)
+        available[slot] = False
+        np.testing.assert_allclose(lost.outputs.reshape(len(groups), k, -1)[group],
+                                   code.postprocess(code.decode(results[group:group + 1], available))[0], atol=1e-3)
