@@ -241,33 +241,40 @@ TEST(unanswerable_queries_fail_at_once_when_nothing_is_pending) {
   CHECK(actions.errors[0].second.find("role 0: member_0: unloaded; role 2: parity: error") != std::string::npos);
 }
 
-TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
+// A dispatcher over kParm's three workers (one call in flight each, batches of up to 8), with its own
+// health and lists of held-back and unplaceable tasks; it sets placement_under_test, which task() reads.
+struct Queue {
+  explicit Queue(Placement placement, int suspend_after = 3)
+      : health(3, suspend_after, 1.0), dispatcher((placement_under_test = placement), 1, 8, &health) {}
+  std::vector<Assignment> next(double now) { return dispatcher.next(now, held, unplaceable); }
+  MemberHealth health;
+  Dispatcher dispatcher;
   std::vector<Task> held, unplaceable;
+};
+
+TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(7, 0));
   dispatcher.push(task(7, 1));
   dispatcher.push(task(7, 2));
   dispatcher.promote(7);  // its parity is needed now: it takes the last free worker
-  std::vector<Assignment> first = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> first = q.next(0);
   CHECK(first.size() == 3);
   std::vector<int> workers = workers_of(first);
   std::sort(workers.begin(), workers.end());
   CHECK((workers == std::vector<int>{0, 1, 2}));
   // a reserve of the same group waits for... nobody: every worker already has one of its tasks
   dispatcher.push(task(7, 1, true));
-  CHECK(dispatcher.next(0, held, unplaceable).empty() && unplaceable.size() == 1);
+  CHECK(q.next(0).empty() && q.unplaceable.size() == 1);
 }
 
 TEST(full_groups_keep_their_order_in_one_call_per_worker) {
-  placement_under_test = Placement{kParm, false};
-  MemberHealth health(3, 3, 1.0);
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, false});
+  Dispatcher& dispatcher = q.dispatcher;
   for (uint64_t g = 0; g < 3; ++g)
     for (int role = 0; role < 3; ++role) dispatcher.push(task(g, role));
-  std::vector<Assignment> calls = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> calls = q.next(0);
   CHECK((workers_of(calls) == std::vector<int>{0, 1, 2}));
   for (const Assignment& call : calls) {
     CHECK(call.tasks.size() == 3);
@@ -278,105 +285,92 @@ TEST(full_groups_keep_their_order_in_one_call_per_worker) {
 }
 
 TEST(late_binding_hands_a_task_to_the_worker_that_frees_first) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, false};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, false});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
   dispatcher.push(task(2, 1));
-  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // both data workers busy now
+  CHECK(q.next(0).size() == 2);  // both data workers busy now
   dispatcher.push(task(3, 0));
   dispatcher.push(task(4, 0));
-  CHECK(dispatcher.next(0, held, unplaceable).empty());  // queued, not bound to a busy worker
+  CHECK(q.next(0).empty());  // queued, not bound to a busy worker
   dispatcher.returned(1);
-  std::vector<Assignment> next = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> next = q.next(0);
   // worker 1 freed first: it takes both queued tasks in one call (they are of different groups)
   CHECK(next.size() == 1 && next[0].worker == 1 && next[0].tasks.size() == 2);
   CHECK(next[0].tasks[0].group == 3 && next[0].tasks[1].group == 4);
 }
 
 TEST(pinned_roles_wait_for_their_own_member) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, false, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, false, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
-  CHECK(workers_of(dispatcher.next(0, held, unplaceable)) == std::vector<int>{0});
+  CHECK(workers_of(q.next(0)) == std::vector<int>{0});
   dispatcher.push(task(2, 0));  // member 1 is free, but role 0 runs only on member 0
-  CHECK(dispatcher.next(0, held, unplaceable).empty());
+  CHECK(q.next(0).empty());
   dispatcher.returned(0);
-  CHECK(workers_of(dispatcher.next(0, held, unplaceable)) == std::vector<int>{0});
+  CHECK(workers_of(q.next(0)) == std::vector<int>{0});
   CHECK(!placement_under_test.runs(1, 0) && placement_under_test.runs(1, 1) && placement_under_test.runs(2, 2));
 }
 
 TEST(dedicated_placement_keeps_parity_on_its_worker) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, false};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, false});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 2));
   dispatcher.push(task(1, 0));
-  std::vector<Assignment> a = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> a = q.next(0);
   CHECK(a.size() == 2 && a[0].worker < 2 && a[1].worker == 2);
   dispatcher.push(task(2, 0));  // the other data worker, not the busy parity one
-  std::vector<Assignment> b = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> b = q.next(0);
   CHECK(b.size() == 1 && b[0].worker == 1 - a[0].worker);
 }
 
 TEST(originals_go_before_coded_tasks_queued_earlier) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
   dispatcher.push(task(1, 1));
-  std::vector<Assignment> originals = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> originals = q.next(0);
   CHECK(originals.size() == 2);  // one worker left free
   dispatcher.push(task(1, 2));  // group 1's parity, then a new query's original
   dispatcher.push(task(2, 0));
-  std::vector<Assignment> free_worker = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> free_worker = q.next(0);
   CHECK(free_worker.size() == 1 && free_worker[0].tasks.size() == 1 && free_worker[0].tasks[0].group == 2);
   dispatcher.returned(free_worker[0].worker);
-  CHECK(dispatcher.next(0, held, unplaceable).empty());  // one free worker stays free for queries
+  CHECK(q.next(0).empty());  // one free worker stays free for queries
   dispatcher.returned(originals[0].worker);
-  std::vector<Assignment> then = dispatcher.next(0, held, unplaceable);  // the parity, once two are free
+  std::vector<Assignment> then = q.next(0);  // the parity, once two are free
   CHECK(then.size() == 1 && then[0].tasks[0].group == 1 && then[0].tasks[0].role == 2);
 }
 
 TEST(unneeded_redundancy_leaves_a_worker_free_for_the_next_query) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
   dispatcher.push(task(1, 1));
   dispatcher.push(task(1, 2));
-  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);  // the parity would take the last free worker
+  CHECK(q.next(0).size() == 2);  // the parity would take the last free worker
   dispatcher.returned(0);
   dispatcher.returned(1);
-  std::vector<Assignment> later = dispatcher.next(0, held, unplaceable);  // two free: one takes it
+  std::vector<Assignment> later = q.next(0);  // two free: one takes it
   CHECK(later.size() == 1 && later[0].tasks[0].role == 2);
   dispatcher.forget(1);
-  placement_under_test = Placement{kParm, false};
-  Dispatcher dedicated(placement_under_test, 1, 8, &health);
-  dedicated.push(task(2, 0));
-  dedicated.push(task(2, 1));
-  dedicated.push(task(2, 2));
-  CHECK(dedicated.next(0, held, unplaceable).size() == 3);  // a parity worker serves no originals
+  Queue dedicated(Placement{kParm, false});
+  dedicated.dispatcher.push(task(2, 0));
+  dedicated.dispatcher.push(task(2, 1));
+  dedicated.dispatcher.push(task(2, 2));
+  CHECK(dedicated.next(0).size() == 3);  // a parity worker serves no originals
 }
 
 TEST(a_promoted_groups_coded_task_goes_with_the_originals) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
   dispatcher.push(task(1, 1));
-  CHECK(dispatcher.next(0, held, unplaceable).size() == 2);
+  CHECK(q.next(0).size() == 2);
   dispatcher.push(task(1, 2));  // group 1's parity: one of its originals is late
   dispatcher.push(task(2, 0));
   dispatcher.promote(1);
-  std::vector<Assignment> free_worker = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> free_worker = q.next(0);
   CHECK(free_worker.size() == 1 && free_worker[0].tasks[0].group == 1 && free_worker[0].tasks[0].role == 2);
 }
 
@@ -395,17 +389,15 @@ TEST(a_group_needs_its_coded_roles_once_an_original_is_late_or_failed) {
 }
 
 TEST(every_worker_roles_rotate_over_all_workers) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   std::vector<int> parity_on(3, 0), lone_on(3, 0);
   for (uint64_t g = 0; g < 6; ++g) {
     dispatcher.push(task(g, 0));
     dispatcher.push(task(g, 1));
     dispatcher.push(task(g, 2));
     dispatcher.promote(g);
-    for (const Assignment& a : dispatcher.next(0, held, unplaceable)) {
+    for (const Assignment& a : q.next(0)) {
       if (a.tasks[0].role == 2) ++parity_on[a.worker];
       dispatcher.returned(a.worker);
     }
@@ -414,7 +406,7 @@ TEST(every_worker_roles_rotate_over_all_workers) {
   CHECK((parity_on == std::vector<int>{2, 2, 2}));  // the parity role takes turns
   for (uint64_t g = 10; g < 16; ++g) {  // lone queries: the least loaded of all k + 1
     dispatcher.push(task(g, 0));
-    for (const Assignment& a : dispatcher.next(0, held, unplaceable)) {
+    for (const Assignment& a : q.next(0)) {
       ++lone_on[a.worker];
       dispatcher.returned(a.worker);
     }
@@ -422,46 +414,41 @@ TEST(every_worker_roles_rotate_over_all_workers) {
   CHECK((lone_on == std::vector<int>{2, 2, 2}));
   dispatcher.push(task(20, 0));
   dispatcher.push(task(21, 0));
-  std::vector<Assignment> busy = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> busy = q.next(0);
   dispatcher.push(task(22, 0));
-  std::vector<Assignment> third = dispatcher.next(0, held, unplaceable);
+  std::vector<Assignment> third = q.next(0);
   CHECK(third.size() == 1 && third[0].worker != busy[0].worker && third[0].worker != busy[1].worker);
 }
 
 TEST(dispatcher_holds_back_tasks_of_suspended_workers_and_probes) {
-  MemberHealth health(3, 1, 1.0);
-  health.missed(2, 0);
-  placement_under_test = Placement{kParm, false};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, false}, 1);
+  q.health.missed(2, 0);
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 2));
-  CHECK(dispatcher.next(0.1, held, unplaceable).empty() && held.size() == 1);
+  CHECK(q.next(0.1).empty() && q.held.size() == 1);
   dispatcher.push(task(1, 2, true));  // called as a reserve: whatever the breaker says
-  CHECK(dispatcher.next(0.2, held, unplaceable).size() == 1);
+  CHECK(q.next(0.2).size() == 1);
   dispatcher.returned(2);
   dispatcher.push(task(2, 2));
-  CHECK(dispatcher.next(1.0, held, unplaceable).size() == 1);  // the probe
+  CHECK(q.next(1.0).size() == 1);  // the probe
   dispatcher.returned(2);
   dispatcher.push(task(3, 2));
-  CHECK(dispatcher.next(1.1, held, unplaceable).empty() && held.size() == 2);
+  CHECK(q.next(1.1).empty() && q.held.size() == 2);
 }
 
 TEST(an_immediate_copy_leaves_a_worker_idle_for_the_next_query) {
-  MemberHealth health(3, 3, 1.0);
-  placement_under_test = Placement{kParm, true};
-  Dispatcher dispatcher(placement_under_test, 1, 8, &health);
-  std::vector<Task> held, unplaceable;
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
   dispatcher.push(task(1, 0));
-  dispatcher.next(0, held, unplaceable);
+  q.next(0);
   CHECK(dispatcher.spare_worker_for(1, 1, 0));  // two workers idle: one takes the copy, one stays free
   dispatcher.push(task(2, 0));
-  dispatcher.next(0, held, unplaceable);
+  q.next(0);
   CHECK(!dispatcher.spare_worker_for(1, 1, 0));  // one idle: the copy waits in reserve
-  placement_under_test = Placement{kParm, false};
-  Dispatcher dedicated(placement_under_test, 1, 8, &health);
-  dedicated.push(task(3, 0));
-  dedicated.next(0, held, unplaceable);
-  CHECK(!dedicated.spare_worker_for(3, 1, 0));  // the other data worker is the only one left for originals
+  Queue dedicated(Placement{kParm, false});
+  dedicated.dispatcher.push(task(3, 0));
+  dedicated.next(0);
+  CHECK(!dedicated.dispatcher.spare_worker_for(3, 1, 0));  // the other data worker is the only one left for originals
 }
 
 TEST(adaptive_deadline_is_a_percentile_times_a_margin_within_bounds) {
