@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -205,7 +206,8 @@ class ScenarioResult:
     #: successful requests of the measured window, for plots
     latencies_ms: np.ndarray = field(repr=False)
     error_examples: tuple[str, ...] = ()
-    #: inferences (queries) the system's member models ran over the whole run, None where not counted
+    #: queries the system's models ran over the whole run (a coded ensemble: rows its member calls
+    #: answered, by its own count), None where not counted
     member_calls: int | None = None
     #: queries sent over the whole run (warm-up and errors included): what ``member_calls`` compares with
     queries_sent: int = 0
@@ -358,6 +360,14 @@ class BenchmarkServer:
             for model in (failure.model, *failure.also):
                 self.admin.unload_model(model)
 
+    def member_rows(self, ensemble: str) -> int:
+        """Rows the coded ``ensemble``'s member calls answered so far (its ``coded_member_rows_total``)."""
+        with urllib.request.urlopen(self.server.config.metrics_url, timeout=30) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith("coded_member_rows_total{") and f'model="{ensemble}"' in line:
+                    return int(float(line.rsplit(" ", 1)[1]))
+        raise LookupError(f"coded_member_rows_total of {ensemble!r} is not on the metrics page")
+
     def inferences(self, models: tuple[str, ...]) -> int:
         """Queries run so far by ``models`` (Triton's inference_count: batch items of successful executes)."""
         total = 0
@@ -422,8 +432,11 @@ def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, o
     command = locust_command(locustfile, scenario, bench.url(scenario.protocol), out_dir)
     load_average = os.getloadavg()[0]
     cpu_before = bench.cpu_seconds()
+    coded = isinstance(bench.models[scenario.model], CodedEnsembleSpec)
     members = member_models(bench.spec, scenario.model)
-    calls_before = bench.inferences(members)
+    # Triton drops an unloaded model's statistics; the scheduler's own count survives a member's loss
+    count_calls = (lambda: bench.member_rows(scenario.model)) if coded else (lambda: bench.inferences(members))
+    calls_before = count_calls()
     with open(out_dir / f"{scenario.slug}.log", "wb") as log, ExitStack() as stack:
         if scenario.contention:
             stub = bench.stub(scenario.contention.model, scenario.contention.instance)
@@ -435,13 +448,12 @@ def run_scenario(bench: BenchmarkServer, scenario: Scenario, locustfile: Path, o
         code = locust.wait(scenario.duration_s + 120)
     cpu_s = bench.cpu_seconds() - cpu_before
     try:
-        calls = bench.inferences(members) - calls_before
-    except Exception:  # a member still unloaded: its statistics are gone
+        calls = count_calls() - calls_before
+    except Exception:  # an uncoded model with a killed instance: its statistics are gone
         calls = None
     samples_path = out_dir / f"{scenario.slug}_samples.csv"
     if code != 0 or not samples_path.is_file():
         raise RuntimeError(f"locust failed (exit code {code}) in scenario {scenario.slug}; see {out_dir / scenario.slug}.log")
-    coded = model_config(bench.models[scenario.model]).backend == "coded_ensemble"
     result = summarize(scenario, Samples.from_csv(samples_path), cpu_s, load_average, coded)
     result.member_calls = calls
     return result

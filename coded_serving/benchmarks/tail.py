@@ -751,8 +751,9 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         "member 0; worker 0's deployed and parity models); Triton cannot unload one instance of a model, so an "
         "uncoded model's instance 0 has its stub process SIGKILLed instead (Triton 2.51 keeps scheduling the dead "
         "instance, each execute there failing after about 1 s: those are the uncoded systems' lost requests).",
-        "- Columns: `extra work` = member calls (Triton's inference_count of the system's models, parity included) "
-        "beyond one per query sent; `-` where a model unloaded during the run took its statistics with it. "
+        "- Columns: `extra work` = queries run beyond one per query sent: Triton's inference_count of an uncoded "
+        "model; for a coded ensemble, the rows its member calls answered (parity and copies included, its own "
+        "`coded_member_rows_total`, which outlives an unloaded member's statistics). "
         f"`reconstructed` = share of queries answered by ParM's decoder. {impact} "
         "`server CPU ms/query`: tritonserver and its stubs. `lost`: requests without an answer.",
         "",

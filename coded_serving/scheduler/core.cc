@@ -248,15 +248,24 @@ bool Dispatcher::used(uint64_t group, int worker) const {
   return it != used_.end() && it->second[worker];
 }
 
-std::vector<int> Dispatcher::candidates(const Task& task) const {
+bool Dispatcher::may_take(const Task& task, int worker, double now) const {
+  if (!placement_.runs(worker, task.role)) return false;
+  if (!used(task.group, worker)) return true;
+  if (!placement_.every_worker || !placement_.code.is_original(task.role)) return false;
+  int healthy = 0;
+  for (int w = 0; w < placement_.code.num_workers; ++w) healthy += !health_->suspended(w, now);
+  return healthy < placement_.code.num_workers;
+}
+
+std::vector<int> Dispatcher::candidates(const Task& task, double now) const {
   std::vector<int> workers;
   for (int w = 0; w < placement_.code.num_workers; ++w)
-    if (placement_.runs(w, task.role) && !used(task.group, w)) workers.push_back(w);
+    if (may_take(task, w, now)) workers.push_back(w);
   return workers;
 }
 
 bool Dispatcher::free_peer(const Task& task, int except, double now) const {
-  for (int w : candidates(task))
+  for (int w : candidates(task, now))
     if (w != except && in_flight_[w] < calls_per_worker_ && (task.forced || !health_->suspended(w, now))) return true;
   return false;
 }
@@ -272,7 +281,7 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
     return placement_.code.is_original(t.role) || promoted_.count(t.group);
   });
   for (auto it = queue_.begin(); it != queue_.end();) {
-    std::vector<int> options = candidates(*it);
+    std::vector<int> options = candidates(*it, now);
     bool all_suspended = !it->forced;
     for (int w : options) all_suspended &= health_->suspended(w, now);
     if (options.empty() || all_suspended) {
@@ -304,8 +313,7 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
     Assignment assignment{chosen, {}};
     const int model = placement_.model(it->role);
     for (auto take = it; take != queue_.end() && static_cast<int>(assignment.tasks.size()) < max_batch_;) {
-      bool fits = placement_.model(take->role) == model && placement_.runs(chosen, take->role) &&
-                  !used(take->group, chosen) &&
+      bool fits = placement_.model(take->role) == model && may_take(*take, chosen, now) &&
                   (take == it || take->preferred == chosen || !free_peer(*take, chosen, now));
       if (!fits) {
         ++take;

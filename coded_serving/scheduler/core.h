@@ -163,7 +163,10 @@ struct Assignment {
 // than calls_per_worker calls in flight. Bound at arrival, a task would wait behind that
 // worker's current execute while another worker idles; bound late, it goes to whichever
 // worker frees first, so a straggler holds up only what it already runs. Two tasks of one
-// group never share a worker: one slow worker must cost a group at most one role.
+// group never share a worker: one slow worker must cost a group at most one role. Except with
+// every-worker placement and fewer healthy workers than roles: no group can then spread all its
+// roles, and an original that waited for a worker its group has not used yet would make every
+// group wait on every remaining worker; its originals go wherever a worker frees.
 class Dispatcher {
  public:
   Dispatcher(Placement placement, int calls_per_worker, int max_batch, MemberHealth* health);
@@ -185,7 +188,8 @@ class Dispatcher {
  private:
   bool used(uint64_t group, int worker) const;
   int free_for_originals(double now) const;  // workers that could start a query's original now
-  std::vector<int> candidates(const Task& task) const;
+  bool may_take(const Task& task, int worker, double now) const;  // placement and the spreading rule
+  std::vector<int> candidates(const Task& task, double now) const;
   bool free_peer(const Task& task, int except, double now) const;
 
   Placement placement_;

@@ -47,6 +47,7 @@ MetricFamilies::MetricFamilies()
       groups(counter_family("coded_groups_total", "coding groups formed")),
       padded(counter_family("coded_padded_slots_total", "slots of partial groups filled with copies")),
       decode_us(counter_family("coded_decode_duration_us_total", "time spent decoding")),
+      member_rows(counter_family("coded_member_rows_total", "rows answered by member calls, redundancy included")),
       member_errors(counter_family("coded_member_errors_total", "member calls that failed")),
       member_late(counter_family("coded_member_late_total", "member calls past the deadline")) {}
 
@@ -57,7 +58,8 @@ EnsembleMetrics::EnsembleMetrics(const MetricFamilies& families, const std::stri
       errors_(families.errors.get(), model),
       groups_(families.groups.get(), model),
       padded_(families.padded.get(), model),
-      decode_us_(families.decode_us.get(), model) {
+      decode_us_(families.decode_us.get(), model),
+      member_rows_(families.member_rows.get(), model) {
   for (const auto& member : members) {
     member_errors_.emplace_back(families.member_errors.get(), model, member);
     member_late_.emplace_back(families.member_late.get(), model, member);

@@ -41,16 +41,18 @@ struct GroupCounts {
 // share the Prometheus family, and deleting one's metric frees the counter the other still uses.
 struct MetricFamilies {
   MetricFamilies();
-  FamilyPtr queries, reconstructed, errors, groups, padded, decode_us, member_errors, member_late;
+  FamilyPtr queries, reconstructed, errors, groups, padded, decode_us, member_rows, member_errors, member_late;
 };
 
 class EnsembleMetrics {
  public:
   EnsembleMetrics(const MetricFamilies& families, const std::string& model, const std::vector<std::string>& members);
   void record(const GroupCounts& counts) const;
+  // Rows a member call answered, stragglers no group waited for included: the work redundancy cost.
+  void answered_rows(int rows) const { member_rows_.add(rows); }
 
  private:
-  Counter queries_, reconstructed_, errors_, groups_, padded_, decode_us_;
+  Counter queries_, reconstructed_, errors_, groups_, padded_, decode_us_, member_rows_;
   std::vector<Counter> member_errors_, member_late_;
 };
 

@@ -18,6 +18,19 @@ std::vector<int64_t> batch_shape(int64_t batch, const std::vector<int64_t>& dims
 template <typename T>
 using Hold = std::unique_ptr<std::shared_ptr<T>>;
 
+// A response callback's common part: the holder goes with the final flag, and only the call's
+// first response (or a final flag without one: the request ended unanswered) is handled.
+template <typename Call, typename Handle>
+void first_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp, Handle handle) {
+  auto* holder = static_cast<std::shared_ptr<Call>*>(userp);
+  std::shared_ptr<Call> call = *holder;
+  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
+  ResponsePtr owned(response);
+  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
+  call->answered = true;
+  handle(call, std::move(owned));
+}
+
 }  // namespace
 
 Scheduler::Scheduler(ModelState& model)
@@ -111,7 +124,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
         again = true;
       } else {
         g.awaiting_encoder.push_back(role);  // sent once the encoder answers
-        if (!g.encoder_started) out.encodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, {}, now}));
+        if (!g.encoder_started) out.encodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, true, {}, now}));
         g.encoder_started = true;
       }
     }
@@ -123,7 +136,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
       g.counts.decode_us += (now_s() - now) * 1e6;
       continue;
     }
-    if (actions.decode) out.decodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, g.decoder_buffers(), now}));
+    if (actions.decode) out.decodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, false, g.decoder_buffers(), now}));
     if (actions.finished) return finish(g, actions, now);
     if (!again) return schedule(group, actions.wakeup);
   }
@@ -241,7 +254,7 @@ void Scheduler::flush(Outbox& out) {
     });
   }
   for (const auto& call : out.encodes) {
-    std::string error = send_codec(call, true);
+    std::string error = send_codec(call);
     if (error.empty()) continue;
     run([&](Outbox& next) {
       Group& group = *call->group;
@@ -252,7 +265,7 @@ void Scheduler::flush(Outbox& out) {
     });
   }
   for (const auto& call : out.decodes) {
-    std::string error = send_codec(call, false);
+    std::string error = send_codec(call);
     if (error.empty()) continue;
     run([&](Outbox& next) {
       call->group->race.on_decode_failed(error);
@@ -306,7 +319,8 @@ std::string Scheduler::send_member(const std::shared_ptr<MemberCall>& call) {
   }
 }
 
-std::string Scheduler::send_codec(const std::shared_ptr<CodecCall>& call, bool encoder) {
+std::string Scheduler::send_codec(const std::shared_ptr<CodecCall>& call) {
+  const bool encoder = call->encoder;
   const std::string& model = encoder ? config_.encoder_model : config_.decoder_model;
   try {
     std::vector<InputSpec> inputs;
@@ -325,8 +339,7 @@ std::string Scheduler::send_codec(const std::shared_ptr<CodecCall>& call, bool e
     Hold<CodecCall> response_hold(new std::shared_ptr<CodecCall>(call));
     check(TRITONSERVER_InferenceRequestSetReleaseCallback(request.get(), on_codec_release, release_hold.get()));
     check(TRITONSERVER_InferenceRequestSetResponseCallback(request.get(), model_.allocator.get(), nullptr,
-                                                           encoder ? on_encoder_response : on_decoder_response,
-                                                           response_hold.get()));
+                                                           on_codec_response, response_hold.get()));
     check(TRITONSERVER_ServerInferAsync(model_.server, request.get(), nullptr));
     request.release();
     release_hold.release();
@@ -348,13 +361,8 @@ void Scheduler::on_member_release(TRITONSERVER_InferenceRequest* request, uint32
 }
 
 void Scheduler::on_member_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
-  auto* holder = static_cast<std::shared_ptr<MemberCall>*>(userp);
-  std::shared_ptr<MemberCall> call = *holder;
-  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
-  ResponsePtr owned(response);
-  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
-  call->answered = true;
-  call->scheduler->member_answered(call, std::move(owned));
+  first_response<MemberCall>(response, flags, userp,
+                             [](const auto& call, ResponsePtr r) { call->scheduler->member_answered(call, std::move(r)); });
 }
 
 void Scheduler::member_answered(const std::shared_ptr<MemberCall>& call, ResponsePtr response) {
@@ -376,6 +384,7 @@ void Scheduler::member_answered(const std::shared_ptr<MemberCall>& call, Respons
   } catch (const TritonFailure& failure) {
     error = config_.model_of(call->worker, call->kind) + ": " + failure.what();
   }
+  if (error.empty()) model_.metrics.answered_rows(static_cast<int>(rows));
   SharedResponse shared = share(std::move(response));
   run([&](Outbox& out) {
     dispatcher_.returned(call->worker);
@@ -405,27 +414,13 @@ void Scheduler::on_codec_release(TRITONSERVER_InferenceRequest* request, uint32_
   RequestPtr owned(request);
 }
 
-void Scheduler::on_encoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
-  auto* holder = static_cast<std::shared_ptr<CodecCall>*>(userp);
-  std::shared_ptr<CodecCall> call = *holder;
-  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
-  ResponsePtr owned(response);
-  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
-  call->answered = true;
-  call->scheduler->codec_answered(call, std::move(owned), true);
+void Scheduler::on_codec_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
+  first_response<CodecCall>(response, flags, userp,
+                            [](const auto& call, ResponsePtr r) { call->scheduler->codec_answered(call, std::move(r)); });
 }
 
-void Scheduler::on_decoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp) {
-  auto* holder = static_cast<std::shared_ptr<CodecCall>*>(userp);
-  std::shared_ptr<CodecCall> call = *holder;
-  if (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) delete holder;
-  ResponsePtr owned(response);
-  if (call->answered || (!response && !(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL))) return;
-  call->answered = true;
-  call->scheduler->codec_answered(call, std::move(owned), false);
-}
-
-void Scheduler::codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response, bool encoder) {
+void Scheduler::codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response) {
+  const bool encoder = call->encoder;
   const std::string& model = encoder ? config_.encoder_model : config_.decoder_model;
   std::string error;
   TensorView view{};

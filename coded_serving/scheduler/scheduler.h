@@ -41,6 +41,7 @@ class Scheduler {
   struct CodecCall {  // an encoder or decoder call for one group
     Scheduler* scheduler;
     std::shared_ptr<Group> group;
+    bool encoder;  // else the decoder
     std::vector<std::vector<char>> buffers;
     double start;
     bool answered = false;
@@ -65,14 +66,13 @@ class Scheduler {
   std::shared_ptr<Group> find(uint64_t id) const;
 
   std::string send_member(const std::shared_ptr<MemberCall>& call);
-  std::string send_codec(const std::shared_ptr<CodecCall>& call, bool encoder);
+  std::string send_codec(const std::shared_ptr<CodecCall>& call);
   void member_answered(const std::shared_ptr<MemberCall>& call, ResponsePtr response);
-  void codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response, bool encoder);
+  void codec_answered(const std::shared_ptr<CodecCall>& call, ResponsePtr response);
 
   static void on_member_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
   static void on_member_release(TRITONSERVER_InferenceRequest* request, uint32_t flags, void* userp);
-  static void on_encoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
-  static void on_decoder_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
+  static void on_codec_response(TRITONSERVER_InferenceResponse* response, uint32_t flags, void* userp);
   static void on_codec_release(TRITONSERVER_InferenceRequest* request, uint32_t flags, void* userp);
 
   ModelState& model_;

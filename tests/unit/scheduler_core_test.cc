@@ -436,6 +436,27 @@ TEST(dispatcher_holds_back_tasks_of_suspended_workers_and_probes) {
   CHECK(q.next(1.1).empty() && q.held.size() == 2);
 }
 
+TEST(with_fewer_healthy_workers_than_roles_every_worker_originals_share_a_worker) {
+  Queue q(Placement{kParm, true}, 1);
+  q.health.missed(0, 0);  // worker 0 suspended: two healthy workers for three roles
+  Dispatcher& dispatcher = q.dispatcher;
+  dispatcher.push(task(9, 0));
+  std::vector<Assignment> busy = q.next(0.1);
+  CHECK(busy.size() == 1 && busy[0].worker != 0);
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(1, 1));
+  // both originals go to the one free healthy worker rather than one waiting for the busy one
+  std::vector<Assignment> next = q.next(0.1);
+  CHECK(next.size() == 1 && next[0].worker == 3 - busy[0].worker && next[0].tasks.size() == 2);
+  // dedicated placement keeps the rule: the parity worker can still decode the other query
+  Queue dedicated(Placement{kParm, false}, 1);
+  dedicated.health.missed(0, 0);
+  dedicated.dispatcher.push(task(1, 0));
+  dedicated.dispatcher.push(task(1, 1));
+  std::vector<Assignment> one = dedicated.next(0.1);
+  CHECK(one.size() == 1 && one[0].worker == 1 && one[0].tasks.size() == 1 && dedicated.held.size() == 1);
+}
+
 TEST(an_immediate_copy_leaves_a_worker_idle_for_the_next_query) {
   Queue q(Placement{kParm, true});
   Dispatcher& dispatcher = q.dispatcher;
