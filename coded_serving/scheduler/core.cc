@@ -35,7 +35,8 @@ Race::Race(CodeShape code, double deadline_s, double timeout_s, double now)
       available_(code.num_workers, false),
       answered_(code.k, false),
       failed_(code.k, false),
-      reconstructed_(code.k, false) {}
+      reconstructed_(code.k, false),
+      retried_(code.num_workers, false) {}
 
 int Race::add_query(double now) {
   now_ = now;
@@ -165,6 +166,16 @@ bool Race::wants_reserves() const {
   return any_reserved && (any_missing || !any_pending);
 }
 
+bool Race::recoverable(int query) const {
+  int possible = 0;
+  for (int role = 0; role < code_.num_workers; ++role) {
+    const bool open = state_[role] == Call::Pending || state_[role] == Call::Reserved;
+    if (open && code_.is_original(role) && slots_[role] == query) return true;
+    possible += available_[role] || open;
+  }
+  return possible >= code_.min_available;
+}
+
 std::string Race::failure_message() const {
   std::string reasons;
   for (int role = 0; role < code_.num_workers; ++role) {
@@ -184,6 +195,15 @@ Actions Race::poll(double now) {
   if (wants_reserves()) {
     for (int role = 0; role < code_.num_workers; ++role)
       if (state_[role] == Call::Reserved) call(role);
+    timeout_ = std::max(timeout_, now_ + deadline_s_);
+  }
+  // A member's error must not cost a query nothing else can recover: its original goes out once more.
+  for (int role = 0; role < code_.num_workers && !open_ && !decoding_; ++role) {
+    if (!code_.is_original(role) || state_[role] != Call::Failed || retried_[role] || resolved(slots_[role]) ||
+        recoverable(slots_[role]))
+      continue;
+    retried_[role] = true;
+    call(role);
     timeout_ = std::max(timeout_, now_ + deadline_s_);
   }
   actions.call.swap(to_call_);
@@ -243,15 +263,23 @@ Dispatcher::Dispatcher(Placement placement, int calls_per_worker, int max_batch,
       health_(health),
       in_flight_(placement.code.num_workers, 0) {}
 
-bool Dispatcher::used(uint64_t group, int worker) const {
-  auto it = used_.find(group);
-  return it != used_.end() && it->second[worker];
+Dispatcher::Mark Dispatcher::mark_of(uint64_t group, int worker) const {
+  auto it = marks_.find(group);
+  return it == marks_.end() ? Mark::Free : it->second[worker];
+}
+
+void Dispatcher::mark(uint64_t group, int worker, Mark mark) {
+  auto it = marks_.find(group);  // a group already forgotten stays forgotten
+  if (it != marks_.end()) it->second[worker] = mark;
 }
 
 bool Dispatcher::may_take(const Task& task, int worker, double now) const {
   if (!placement_.runs(worker, task.role)) return false;
-  if (!used(task.group, worker)) return true;
-  if (!placement_.every_worker || !placement_.code.is_original(task.role)) return false;
+  const Mark mark = mark_of(task.group, worker);
+  if (mark != Mark::Running) return mark == Mark::Free;
+  if (!placement_.every_worker || !placement_.code.is_original(task.role) || task.copy ||
+      health_->suspended(worker, now))
+    return false;
   int healthy = 0;
   for (int w = 0; w < placement_.code.num_workers; ++w) healthy += !health_->suspended(w, now);
   return healthy < placement_.code.num_workers;
@@ -319,9 +347,9 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
         ++take;
         continue;
       }
-      std::vector<bool>& marks = used_[take->group];
-      marks.resize(workers, false);
-      marks[chosen] = true;
+      std::vector<Mark>& marks = marks_[take->group];
+      marks.resize(workers, Mark::Free);
+      marks[chosen] = Mark::Running;
       assignment.tasks.push_back(*take);
       take = queue_.erase(take);
     }
@@ -332,7 +360,7 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
 }
 
 void Dispatcher::forget(uint64_t group) {
-  used_.erase(group);
+  marks_.erase(group);
   promoted_.erase(group);
   queue_.erase(std::remove_if(queue_.begin(), queue_.end(), [&](const Task& t) { return t.group == group; }),
                queue_.end());
@@ -347,7 +375,7 @@ int Dispatcher::free_for_originals(double now) const {
 
 bool Dispatcher::spare_worker_for(uint64_t group, int role, double now) const {
   for (int w = 0; w < placement_.code.num_workers; ++w)
-    if (placement_.runs(w, role) && !used(group, w) && in_flight_[w] < calls_per_worker_ &&
+    if (placement_.runs(w, role) && mark_of(group, w) == Mark::Free && in_flight_[w] < calls_per_worker_ &&
         !health_->suspended(w, now))
       return free_for_originals(now) >= 2;
   return false;

@@ -72,7 +72,8 @@ struct Actions {
 // roles are skipped; otherwise the copies and the coded roles are called.
 // A query is answered by its original as soon as that arrives. The group is decoded once
 // every role has answered, failed or passed its deadline and at least min_available answered
-// (deadline 0 is ParM's pure race). Queries unanswered at the timeout get an error.
+// (deadline 0 is ParM's pure race). An original that failed is called once more when no other
+// role can answer its query and the group cannot decode it. Queries unanswered at the timeout get an error.
 class Race {
  public:
   Race(CodeShape code, double deadline_s, double timeout_s, double now);
@@ -110,6 +111,7 @@ class Race {
   bool all_originals() const;
   bool needs_decode() const;
   bool wants_reserves() const;
+  bool recoverable(int query) const;  // a role may still answer it, or the group may still decode
   void call(int role);
   std::string failure_message() const;
 
@@ -127,6 +129,7 @@ class Race {
   bool decoding_ = false;
   std::vector<bool> decode_mask_;
   std::vector<bool> answered_, failed_, reconstructed_;
+  std::vector<bool> retried_;  // per role
   std::vector<int> to_call_;
   std::vector<std::pair<int, std::string>> errors_;
   bool finished_ = false;
@@ -152,6 +155,7 @@ struct Task {
   int role;
   int preferred;        // the worker it goes to when loads are equal
   bool forced = false;  // a reserve: called whatever the breaker says
+  bool copy = false;    // a partial group's copy of a query: its worth is its own worker, so it never shares one
 };
 
 struct Assignment {
@@ -162,21 +166,27 @@ struct Assignment {
 // Late binding: tasks wait here and a worker is handed its next ones only when it has fewer
 // than calls_per_worker calls in flight. Bound at arrival, a task would wait behind that
 // worker's current execute while another worker idles; bound late, it goes to whichever
-// worker frees first, so a straggler holds up only what it already runs. Two tasks of one
-// group never share a worker: one slow worker must cost a group at most one role. Except with
-// every-worker placement and fewer healthy workers than roles: no group can then spread all its
-// roles, and an original that waited for a worker its group has not used yet would make every
-// group wait on every remaining worker; its originals go wherever a worker frees.
+// worker frees first, so a straggler holds up only what it already runs. Two unanswered tasks of
+// one group never share a worker: one slow worker must cost a group at most one role; and a task
+// never goes to a worker that failed one of its group. Except with every-worker placement and fewer
+// healthy workers than roles: no group can then spread all its roles, and an original that waited
+// for a worker its group is not running on would make every group wait on every remaining worker;
+// its originals (not copies) go to whichever healthy worker frees first.
 class Dispatcher {
  public:
   Dispatcher(Placement placement, int calls_per_worker, int max_batch, MemberHealth* health);
   void push(const Task& task) { queue_.push_back(task); }
   // Hands free workers their next tasks, least loaded first (the preferred one among equals);
   // a call also takes the queued tasks that prefer its worker or that no other free worker could start.
-  // held_back: tasks whose every possible worker is suspended; unplaceable: tasks no worker
-  // may ever take (each one it could run on already has a task of the group).
+  // held_back: tasks whose every possible worker is suspended; unplaceable: tasks no worker may
+  // take (each one it could run on is running a task of the group).
   std::vector<Assignment> next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable);
   void returned(int worker) { --in_flight_[worker]; }
+  // The worker answered one of the group's tasks: it can no longer cost the group that role, so
+  // it may take another of the group's tasks.
+  void answered(uint64_t group, int worker) { mark(group, worker, Mark::Free); }
+  // The worker failed one of the group's tasks: none of the group's other tasks goes there.
+  void failed(uint64_t group, int worker) { mark(group, worker, Mark::Failed); }
   // The group's coded tasks leave the queue with the originals from now on (see next()).
   void promote(uint64_t group) { promoted_.insert(group); }
   void forget(uint64_t group);  // drops its queued tasks
@@ -186,7 +196,9 @@ class Dispatcher {
   int in_flight(int worker) const { return in_flight_[worker]; }
 
  private:
-  bool used(uint64_t group, int worker) const;
+  enum class Mark : char { Free, Running, Failed };  // a worker, for one group
+  Mark mark_of(uint64_t group, int worker) const;
+  void mark(uint64_t group, int worker, Mark mark);
   int free_for_originals(double now) const;  // workers that could start a query's original now
   bool may_take(const Task& task, int worker, double now) const;  // placement and the spreading rule
   std::vector<int> candidates(const Task& task, double now) const;
@@ -196,7 +208,7 @@ class Dispatcher {
   int calls_per_worker_, max_batch_;
   MemberHealth* health_;
   std::deque<Task> queue_;
-  std::map<uint64_t, std::vector<bool>> used_;  // per group: workers that got one of its tasks
+  std::map<uint64_t, std::vector<Mark>> marks_;  // per group with a task sent: its mark on each worker
   std::set<uint64_t> promoted_;
   std::vector<int> in_flight_;
 };

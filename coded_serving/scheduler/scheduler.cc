@@ -117,8 +117,14 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
     for (const auto& [query, message] : actions.errors) fail(g, query, message, out);
     bool again = false;
     for (int role : actions.call) {
+      if (g.worker_of[role] >= 0) {  // a retry: the worker that failed it counts the miss now, finish() sees the retry
+        health_.missed(g.worker_of[role], now);
+        g.counts.failed_workers.push_back(g.worker_of[role]);
+        g.worker_of[role] = -1;
+      }
       if (code_.is_original(role) || config_.encoder != Encoder::Model || g.encoded) {
-        dispatcher_.push({g.id, role, placement_.preferred(g.id, role, g.turn), g.held_back[role]});
+        const bool copy = code_.is_original(role) && g.race.slot_query(role) != role;
+        dispatcher_.push({g.id, role, placement_.preferred(g.id, role, g.turn), g.held_back[role], copy});
       } else if (!g.encoder_error.empty()) {
         g.race.on_failure(role, g.encoder_error);
         again = true;
@@ -168,7 +174,7 @@ void Scheduler::settle(Outbox& out) {
     }
     for (const Task& task : unplaceable) {
       std::shared_ptr<Group> group = find(task.group);
-      group->race.on_failure(task.role, "every member that may run it already had a task of its group");
+      group->race.on_failure(task.role, "every member that may run it is running a task of its group");
       drive(group, out);
     }
     if (held_back.empty() && unplaceable.empty()) return;
@@ -246,6 +252,7 @@ void Scheduler::flush(Outbox& out) {
     if (error.empty()) continue;
     run([&](Outbox& next) {
       dispatcher_.returned(call->worker);
+      for (const Task& task : call->tasks) dispatcher_.failed(task.group, call->worker);
       call->answered = true;
       for (size_t i = 0; i < call->tasks.size(); ++i) {
         call->groups[i]->race.on_failure(call->tasks[i].role, error);
@@ -388,6 +395,8 @@ void Scheduler::member_answered(const std::shared_ptr<MemberCall>& call, Respons
   SharedResponse shared = share(std::move(response));
   run([&](Outbox& out) {
     dispatcher_.returned(call->worker);
+    for (const Task& task : call->tasks)
+      error.empty() ? dispatcher_.answered(task.group, call->worker) : dispatcher_.failed(task.group, call->worker);
     if (error.empty()) deadline_.record(latency);
     for (size_t i = 0; i < rows; ++i) {
       const std::shared_ptr<Group>& group = call->groups[i];

@@ -230,15 +230,32 @@ TEST(unanswerable_queries_get_an_error_at_the_timeout) {
         "no answer and no reconstruction possible (role 0: no answer in time; role 2: no answer in time)");
 }
 
-TEST(unanswerable_queries_fail_at_once_when_nothing_is_pending) {
+TEST(a_failed_original_nothing_else_can_recover_is_retried_once_then_fails_at_once) {
   Race race = group_of(kParm, 2, 10.0, 20.0, 0);
   race.poll(0);
   race.on_answer(1, true);
   race.on_failure(0, "member_0: unloaded");
   race.on_failure(2, "parity: error");
-  Actions actions = race.poll(0.001);
+  Actions retry = race.poll(0.001);
+  CHECK((retry.call == std::vector<int>{0}) && retry.errors.empty());
+  race.on_failure(0, "member_1: unloaded");
+  Actions actions = race.poll(0.002);
   CHECK(actions.errors.size() == 1 && actions.finished);
-  CHECK(actions.errors[0].second.find("role 0: member_0: unloaded; role 2: parity: error") != std::string::npos);
+  CHECK(actions.errors[0].second.find("role 0: member_1: unloaded; role 2: parity: error") != std::string::npos);
+}
+
+TEST(a_failed_original_is_not_retried_while_the_code_can_still_recover_it) {
+  const CodeShape k4{4, 5, true, 4, false};
+  Race race = group_of(k4, 4, 10.0, 20.0, 0);
+  race.poll(0);
+  race.on_failure(0, "member_0: unloaded");
+  CHECK(race.poll(0.001).call.empty());  // the parity and the other originals may still decode it
+  race.on_failure(1, "member_0: unloaded");
+  // two lost, more than the parity recovers: one retry makes the group decodable again
+  CHECK((race.poll(0.002).call == std::vector<int>{0}));
+  for (int role : {0, 2, 3, 4}) race.on_answer(role, true);
+  CHECK(race.poll(0.003).decode);
+  CHECK((queries_of(race.on_decoded()) == std::vector<int>{1}));
 }
 
 // A dispatcher over kParm's three workers (one call in flight each, batches of up to 8), with its own
@@ -267,6 +284,23 @@ TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
   // a reserve of the same group waits for... nobody: every worker already has one of its tasks
   dispatcher.push(task(7, 1, true));
   CHECK(q.next(0).empty() && q.unplaceable.size() == 1);
+}
+
+TEST(a_worker_that_answered_a_groups_task_may_take_another) {
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
+  dispatcher.push(task(1, 0));
+  std::vector<Assignment> first = q.next(0);
+  dispatcher.push(task(2, 0));
+  dispatcher.push(task(3, 0));
+  std::vector<Assignment> others = q.next(0);  // the other two workers busy with other groups
+  CHECK(first.size() == 1 && others.size() == 2);
+  dispatcher.returned(first[0].worker);
+  dispatcher.push(task(1, 1));
+  CHECK(q.next(0).empty() && q.unplaceable.empty());  // its worker still counts as running group 1's task
+  dispatcher.answered(1, first[0].worker);
+  std::vector<Assignment> next = q.next(0);
+  CHECK(next.size() == 1 && next[0].worker == first[0].worker && next[0].tasks[0].group == 1);
 }
 
 TEST(full_groups_keep_their_order_in_one_call_per_worker) {
@@ -448,6 +482,14 @@ TEST(with_fewer_healthy_workers_than_roles_every_worker_originals_share_a_worker
   // both originals go to the one free healthy worker rather than one waiting for the busy one
   std::vector<Assignment> next = q.next(0.1);
   CHECK(next.size() == 1 && next[0].worker == 3 - busy[0].worker && next[0].tasks.size() == 2);
+  // a copy of a query never shares a worker with its group: on the same worker it would hedge nothing
+  dispatcher.returned(busy[0].worker);
+  Task copy = task(2, 1);
+  copy.copy = true;
+  dispatcher.push(task(2, 0));
+  dispatcher.push(copy);
+  std::vector<Assignment> split = q.next(0.2);
+  CHECK(split.size() == 1 && split[0].tasks.size() == 1 && split[0].tasks[0].role == 0);
   // dedicated placement keeps the rule: the parity worker can still decode the other query
   Queue dedicated(Placement{kParm, false}, 1);
   dedicated.health.missed(0, 0);
@@ -455,6 +497,25 @@ TEST(with_fewer_healthy_workers_than_roles_every_worker_originals_share_a_worker
   dedicated.dispatcher.push(task(1, 1));
   std::vector<Assignment> one = dedicated.next(0.1);
   CHECK(one.size() == 1 && one[0].worker == 1 && one[0].tasks.size() == 1 && dedicated.held.size() == 1);
+}
+
+TEST(a_probe_takes_one_task_of_a_group_and_no_task_goes_back_to_a_worker_that_failed_its_group) {
+  Queue q(Placement{kParm, true}, 1);
+  q.health.missed(0, 0);    // probe due at 1.0
+  q.health.missed(1, 1.2);  // suspended until 2.2
+  Dispatcher& dispatcher = q.dispatcher;
+  dispatcher.push(task(8, 2));
+  CHECK(workers_of(q.next(1.5)) == std::vector<int>{2});
+  dispatcher.push(task(4, 0));
+  dispatcher.push(task(4, 1));
+  std::vector<Assignment> probe = q.next(1.5);  // one healthy worker for three roles: originals may share
+  CHECK(probe.size() == 1 && probe[0].worker == 0 && probe[0].tasks.size() == 1);  // but not on a probe
+  dispatcher.returned(0);
+  dispatcher.failed(4, 0);
+  dispatcher.returned(2);
+  CHECK(workers_of(q.next(1.6)) == std::vector<int>{2});
+  dispatcher.push(task(4, 0, true));  // a reserve: whatever the breaker says, but not where its group failed
+  CHECK(workers_of(q.next(1.6)) == std::vector<int>{1});
 }
 
 TEST(an_immediate_copy_leaves_a_worker_idle_for_the_next_query) {
