@@ -1,10 +1,12 @@
 """Benchmark: ParM parity models for the shipped LeNet-5 (addition encoder) with the distilled recipe
 (coded_serving/training/parity_recipe.py), at k = 2 and 8: LeNet-5's own graph started from the deployed
-weights, and WideLeNet at several widths and recipe options. Offline figures on the 10k test images.
+weights, WideLeNet at several widths and recipe options, and a small ResNet (ResParity) at k = 8.
+Offline figures on the 10k test images.
 
 Usage: nice -n 19 .venv/bin/python export/train_parity_recipes.py [--runs arch:k:epochs[:key=value,...] ...]
-  arch: own | wide; keys (OPTIONS): lr, w (KL weight), T (KL temperature), mse (MSE weight), centred (0/1),
-  shift (augmentation, pixels), bs (groups per batch), width (WideLeNet conv1-conv2-dense1-dense2).
+  arch: own | wide | res; keys (OPTIONS): lr, w (KL weight), T (KL temperature), mse (MSE weight), centred (0/1),
+  shift (augmentation, pixels), bs (groups per batch), width (WideLeNet conv1-conv2-dense1-dense2; ResParity
+  stage channels then the dense width, e.g. 32-64-128-256), blocks (ResParity residual blocks per stage).
   The default --runs are the earlier runs and the best k = 2 and k = 8 recipes found so far.
 Each run is kept in build/parity_recipes/<tag>.pt/.json and reused by later invocations.
 The figures land in reports/parity_recipes.json; `python -m coded_serving.benchmarks.accuracy_report` puts them
@@ -28,19 +30,23 @@ from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
 from coded_serving.training.build import own_architecture
 from coded_serving.training.data import load_fashion_mnist
 from coded_serving.training.onnx_export import export_onnx
-from coded_serving.training.parity_recipe import WideLeNet, train_parity
+from coded_serving.training.parity_recipe import ResParity, WideLeNet, train_parity
 from coded_serving.training.parm import evaluate_degraded
 
-LR = {"own": 1e-3, "wide": 2e-3}
+LR = {"own": 1e-3, "wide": 2e-3, "res": 2e-3}
+#: ResParity's width when a run names none (OPTIONS' default width is WideLeNet's)
+RES_WIDTH = "32-64-128-256"
 #: run options: spec key -> (train_parity keyword or architecture setting, type, default)
 OPTIONS = {"lr": ("lr", float, None), "w": ("distill_weight", float, 1.0), "T": ("temperature", float, 1.0),
            "mse": ("mse_weight", float, 1.0), "centred": ("centred", int, 0), "shift": ("max_shift", int, 0),
-           "bs": ("batch_size", int, 64), "width": ("width", str, "32-64-256-128")}
+           "bs": ("batch_size", int, 64), "width": ("width", str, "32-64-256-128"),
+           "blocks": ("blocks", int, 1)}
 #: the earlier runs, then the best k = 2 and k = 8 recipes: centred MSE, KL weight 2, wider dense layers (and
-#: convolutions at k = 8), more epochs
+#: convolutions at k = 8), more epochs; last a residual parity model at k = 8, where WideLeNet still underfits
 RUNS = ["own:2:20", "wide:2:20", "wide:2:25:centred=1,w=2,lr=0.003,width=32-64-512-256",
         "own:8:30", "wide:8:30", "wide:8:60:centred=1,w=2,lr=0.003,width=48-96-512-256",
-        "wide:8:100:centred=1,w=2,lr=0.003,width=48-96-512-256"]
+        "wide:8:100:centred=1,w=2,lr=0.003,width=48-96-512-256",
+        "res:8:100:centred=1,w=2,lr=0.003,width=48-96-192-256"]
 #: the reference recipe's served figures (reports/accuracy.md, section ParM: same architecture from scratch, MSE)
 REFERENCE = [{"k": 2, "epochs": 30, "degraded_accuracy": 0.822, "recovery_accuracy": 0.864},
              {"k": 8, "epochs": 90, "degraded_accuracy": 0.546, "recovery_accuracy": 0.554}]
@@ -50,6 +56,8 @@ def parse_run(spec: str) -> tuple[str, int, int, dict]:
     """``arch:k:epochs[:key=value,...]`` with keys from OPTIONS; the defaults are the earlier runs' recipe."""
     arch, k, epochs, *rest = spec.split(":")
     options = {key: default for key, (_, _, default) in OPTIONS.items()} | {"lr": LR[arch]}
+    if arch == "res":
+        options["width"] = RES_WIDTH
     for item in (rest[0].split(",") if rest else []):
         key, value = item.split("=")
         options[key] = OPTIONS[key][1](value)
@@ -72,11 +80,23 @@ def recipe_name(options: dict, arch: str) -> str:
     return ", ".join(["distilled", *(labels[key] for key in labels if options[key] != defaults[key])])
 
 
-def parity_name(arch: str, width: str) -> str:
+def parity_name(arch: str, width: str, blocks: int = 1) -> str:
     if arch == "own":
         return "LeNet-5 (deployed weights)"
+    if arch == "res":
+        *channels, hidden = width.split("-")
+        return f"ResNet {'-'.join(channels)} x{blocks} / {hidden}"
     c1, c2, h1, h2 = width.split("-")
     return f"WideLeNet {c1}-{c2} / {h1}-{h2}"
+
+
+def make_parity(arch: str, options: dict, deployed_onnx: Path) -> torch.nn.Module:
+    sizes = [int(n) for n in options["width"].split("-")]
+    if arch == "res":
+        return ResParity(tuple(sizes[:-1]), sizes[-1], options["blocks"])
+    if arch == "wide":
+        return WideLeNet((sizes[0], sizes[1]), (sizes[2], sizes[3]))
+    return own_architecture(deployed_onnx)
 
 
 def run(spec: str, deployed_onnx: Path, data, out: Path, threads: int) -> dict:
@@ -86,8 +106,7 @@ def run(spec: str, deployed_onnx: Path, data, out: Path, threads: int) -> dict:
     deployed = own_architecture(deployed_onnx).eval()
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
-    c1, c2, h1, h2 = (int(n) for n in options["width"].split("-"))
-    parity = WideLeNet((c1, c2), (h1, h2)) if arch == "wide" else own_architecture(deployed_onnx)
+    parity = make_parity(arch, options, deployed_onnx)
     code = make_code(CodeSpec("parm-addition", k))
     if saved.exists():
         figures = json.loads(saved.read_text())
@@ -95,7 +114,7 @@ def run(spec: str, deployed_onnx: Path, data, out: Path, threads: int) -> dict:
     else:
         torch.set_num_threads(threads)
         start, history = time.perf_counter(), []
-        keywords = {OPTIONS[key][0]: value for key, value in options.items() if key != "width"}
+        keywords = {OPTIONS[key][0]: value for key, value in options.items() if key not in ("width", "blocks")}
         keywords["centred"] = bool(keywords["centred"])
         parity = train_parity(deployed, code, parity, data, epochs, 0, history=history, **keywords)
         figures = {"arch": arch, "k": k, "epochs": epochs, "lr": options["lr"], "w": options["w"], "options": options,
@@ -106,7 +125,8 @@ def run(spec: str, deployed_onnx: Path, data, out: Path, threads: int) -> dict:
         torch.save(parity.state_dict(), out / f"{name}.pt")
         saved.write_text(json.dumps(figures))
     export_onnx(parity.eval(), out / f"{name}.onnx")
-    return {"k": k, "parity": parity_name(arch, options["width"]), "epochs": epochs, "recipe": recipe_name(options, arch),
+    return {"k": k, "parity": parity_name(arch, options["width"], options["blocks"]), "epochs": epochs,
+            "recipe": recipe_name(options, arch),
             "lr": options["lr"], "options": options, "run": spec,
             "macs_per_call": onnx_macs(out / f"{name}.onnx"), "test": figures["test"],
             "best_val_degraded_accuracy": figures["best_val"], "train_seconds": figures["seconds"]}

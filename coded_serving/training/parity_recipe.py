@@ -5,8 +5,10 @@ sum_i F(x_i). The changes over the reference recipe (same architecture as F, MSE
 
 - architecture: ``WideLeNet``, a LeNet-shaped CNN with wider convolutions and batch normalisation
   (the input is a sum of k images, so its scale grows with k; batch norm after each convolution makes
-  the parity model blind to that scale), or the deployed graph itself (``training.build.own_architecture``)
-  started from the deployed weights;
+  the parity model blind to that scale), ``ResParity``, a small residual network with batch norm that
+  trains further per epoch than a plain stack at similar multiply-adds (for large k, where the parity
+  model underfits), or the deployed graph itself (``training.build.own_architecture``) started from the
+  deployed weights;
 - loss: the MSE of ParM plus a distillation term on what the subtraction decoder returns: for every
   position j, KL(softmax(F(x_j)/T) || softmax(decoded_j/T)), decoded_j = F_P(P) - sum_{i != j} F(x_i).
   The MSE treats every logit alike; the decoder's argmax is what degraded-mode accuracy counts. The
@@ -51,6 +53,49 @@ class WideLeNet(nn.Module):
             nn.Flatten(), nn.Linear(c2 * 5 * 5, hidden[0]), nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
             nn.Linear(hidden[1], classes),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _Block(nn.Module):
+    """Basic residual block (two 3x3 convolutions with batch norm); a 1x1 projection when the shape changes."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(),
+            nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False), nn.BatchNorm2d(outputs),
+        )
+        self.shortcut = (nn.Identity() if stride == 1 and inputs == outputs else
+                         nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return functional.relu(self.body(x) + self.shortcut(x))
+
+
+class ResParity(nn.Module):
+    """Small ResNet for 28x28 inputs: a 3x3 stem, one stage per entry of ``channels`` (each halves the
+    resolution, ``blocks`` residual blocks), then a dense head on the flattened last stage.
+
+    The shortcuts and batch norm let a deeper stack train quickly; the flattened head (not global pooling)
+    keeps where things are in the summed image, which the parity model needs to tell k items apart.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128), hidden: int = 256, blocks: int = 1,
+                 classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], 3, 1, 1, bias=False), nn.BatchNorm2d(channels[0]),
+                                   nn.ReLU()]
+        size, inputs = 28, channels[0]
+        for outputs in channels:
+            for index in range(blocks):
+                layers.append(_Block(inputs, outputs, 2 if index == 0 else 1))
+                inputs = outputs
+            size = (size + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(inputs * size * size, hidden), nn.ReLU(),
+                                        nn.Linear(hidden, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -22,3 +22,14 @@ def test_shifted_moves_whole_images_within_the_bound() -> None:
     rows, cols = np.nonzero(moved[:, 0].sum(axis=0))
     assert moved.sum() == 50 and rows.min() >= 12 and rows.max() <= 16 and cols.min() >= 12 and cols.max() <= 16
     assert shifted(images, np.random.default_rng(0), 0) is images
+
+
+def test_res_parity_maps_images_to_logits_and_exports_to_onnx(tmp_path) -> None:
+    from coded_serving.benchmarks.compute import onnx_macs
+    from coded_serving.training.onnx_export import export_onnx
+    from coded_serving.training.parity_recipe import ResParity
+
+    model = ResParity((8, 16, 32), 32, blocks=2).eval()
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    export_onnx(model, tmp_path / "res.onnx")  # raises if onnxruntime and torch disagree
+    assert onnx_macs(tmp_path / "res.onnx") > 0
