@@ -52,14 +52,17 @@ void Race::close(double now, bool copies_now) {
   for (int slot = num_queries_; slot < code_.k; ++slot) slots_[slot] = slot % num_queries_;
   const int min_copies = code_.k / num_queries_;
   const bool lone = code_.systematic && min_copies > code_.num_coded();
+  std::vector<bool> copied(num_queries_, false);  // one copy per query hedges it; more only if that fails
   for (int role = 0; role < code_.num_workers; ++role) {
     if (state_[role] != Call::Waiting) continue;
-    if (lone && !code_.is_original(role))
+    if (lone && !code_.is_original(role)) {
       state_[role] = Call::Skipped;
-    else if (lone && !copies_now)
+    } else if (lone && (!copies_now || copied[slots_[role]])) {
       state_[role] = Call::Reserved;
-    else
+    } else {
+      if (lone) copied[slots_[role]] = true;
       call(role);
+    }
   }
 }
 

@@ -67,9 +67,9 @@ struct Actions {
 // each query that joins takes the next slot and, with a systematic code, its original is
 // called at once. At close, free slots are filled with copies of the group's own queries:
 // when every query then fills more slots than there are coded roles (a lone query at k = 2)
-// the code could not decode a lost query anyway, so its copies are reserves (called at once
-// if `copies_now`, else when an original fails or passes its deadline: a hedge) and the coded
-// roles are skipped; otherwise the copies and the coded roles are called.
+// the code could not decode a lost query anyway, so its copies are reserves (with `copies_now`
+// one copy per query is called at once; the others when an original fails or passes its
+// deadline: a hedge) and the coded roles are skipped; otherwise the copies and the coded roles are called.
 // A query is answered by its original as soon as that arrives. The group is decoded once
 // every role has answered, failed or passed its deadline and at least min_available answered
 // (deadline 0 is ParM's pure race). An original that failed is called once more when no other

@@ -109,6 +109,16 @@ TEST(lone_query_copy_goes_at_once_when_asked) {
   CHECK(race.state(2) == Call::Skipped);
 }
 
+TEST(one_copy_per_query_goes_at_once_the_others_wait_in_reserve) {
+  const CodeShape k4{4, 5, true, 4, false};
+  Race race = group_of(k4, 1, 0.01, 1.0, 0, true);
+  CHECK((race.poll(0).call == std::vector<int>{0, 1}));
+  CHECK(race.state(2) == Call::Reserved && race.state(3) == Call::Reserved && race.state(4) == Call::Skipped);
+  race.on_failure(0, "boom");
+  race.on_failure(1, "boom");
+  CHECK((race.poll(0.001).call == std::vector<int>{2, 3}));
+}
+
 TEST(lone_query_answered_before_the_close_needs_nothing_more) {
   Race race(kParm, 0.01, 1.0, 0);
   race.add_query(0);
