@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -87,6 +88,7 @@ def build_command(args: argparse.Namespace) -> int:
 def serve_forever(config: ServerConfig, log_file: Path | None) -> int:
     server = TritonServer(config, log_file)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a launcher that does not stop says where it is
     try:
         try:
             server.start()

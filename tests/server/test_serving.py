@@ -44,15 +44,17 @@ def expected_reconstruction(batch: np.ndarray, missing_slot: int) -> np.ndarray:
 
 
 def assert_one_data_member_lost(result, batch: np.ndarray) -> None:
-    """With one data member gone: each full coding group (queries 2i, 2i+1) has exactly one query
-    decoded (the live data member takes one task of a group, whichever), equal to the offline decode
+    """With one data member gone: each full coding group (queries 2i, 2i+1) has at most one query
+    decoded (the other member runs one task of a group at a time: it takes the second only once it has
+    answered the first), the first group exactly one, each equal to the offline decode
     F_P(x_q + x_p) - F(x_p); every other query is its exact original (a padded or lone query's copy
     answers it)."""
     n = len(batch)
     want = onnx_logits("lenet5", batch)
     flags = result.reconstructed
     full = n - n % 2 if n > 1 else 0
-    np.testing.assert_array_equal(flags[:full].reshape(-1, 2).sum(1), 1)
+    per_group = flags[:full].reshape(-1, 2).sum(1)
+    assert (per_group <= 1).all() and (full == 0 or per_group[0] == 1), per_group
     assert not flags[full:].any()
     np.testing.assert_allclose(result.outputs[~flags], want[~flags], atol=1e-5)
     decoded = np.nonzero(flags)[0]
@@ -149,10 +151,16 @@ def test_erroring_member_loses_no_request(server, inject_faults, images):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(32)))
     assert len(results) == 32
-    for result in results:
-        assert result.outputs.shape == (2, 10) and np.isfinite(result.outputs).all()
-        # a pair is one coding group: whichever query was bound to the erroring member is decoded
-        assert result.reconstructed.sum() == 1
+    for index, result in enumerate(results):
+        # a pair is one coding group: a query bound to the erroring member is decoded; the other
+        # member may also answer both, one after the other
+        assert result.reconstructed.sum() <= 1
+        pair = images[2 * index:2 * index + 2]
+        kept = ~result.reconstructed
+        np.testing.assert_allclose(result.outputs[kept], onnx_logits("lenet5", pair)[kept], atol=1e-5)
+        for slot in np.nonzero(result.reconstructed)[0]:
+            np.testing.assert_allclose(result.outputs[slot], expected_reconstruction(pair, slot)[0], atol=1e-4)
+    assert sum(r.reconstructed.sum() for r in results) > 0
 
 
 @pytest.mark.parametrize("model", [
