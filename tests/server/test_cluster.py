@@ -114,7 +114,9 @@ def test_worker_killed_under_load_loses_nothing_and_is_picked_up_again(cluster):
 
     assert not failures, failures[:3]
     during = [r for s, _, r in results if killed_at < s < reviving_at]
-    # two live workers per pair: one original and one decode (whichever query the live data member took)
-    assert during and all(r.reconstructed.sum() == 1 for r in during), [r.reconstructed for r in during][:10]
+    # two live workers per pair: at most one decode (the live data member may also answer both queries,
+    # one after the other), and the dead worker's queries are decoded
+    assert during and all(r.reconstructed.sum() <= 1 for r in during), [r.reconstructed for r in during][:10]
+    assert any(r.reconstructed.any() for r in during)
     for _, _, result in results:
         assert result.outputs.shape == (2, 10) and np.isfinite(result.outputs).all()

@@ -331,7 +331,8 @@ def test_metrics_count_queries_reconstructions_and_member_failures(server, admin
 
 def test_shipped_coded_invnet_answers_and_reconstructs_a_lost_member(server, admin, override_parameters, images):
     """iresnet_invnet (k=4): with every member up, logits equal to the library's head over the members'
-    features; with a data member unloaded, exactly one query per group is decoded, equal to the library's
+    features; with a data member unloaded (the first request on an idle server: each group's four
+    originals go out at once, one per member), exactly one query per group is decoded, equal to the library's
     decode without that slot."""
     from coded_serving.codes import CodeSpec, make_code
 
