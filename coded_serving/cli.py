@@ -88,6 +88,8 @@ def build_command(args: argparse.Namespace) -> int:
 def serve_forever(config: ServerConfig, log_file: Path | None) -> int:
     server = TritonServer(config, log_file)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # "Ctrl-C to stop" also where the caller ignores SIGINT (a background job of a script does)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a launcher that does not stop says where it is
     try:
         try:

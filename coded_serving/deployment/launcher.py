@@ -307,14 +307,7 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def wait(self) -> int:
-        """Until the server exits. Polls instead of blocking in waitpid: CPython runs signal handlers in
-        the main thread only, and a signal the kernel hands to another thread (the spawner, gRPC's)
-        would otherwise wait for the server to exit by itself."""
-        while True:
-            try:
-                return self._process.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
+        return self._process.wait()
 
     def stop(self) -> None:
         """SIGTERM, SIGKILL after the margin, then remove what the server left behind."""

@@ -69,13 +69,15 @@ def test_serve_prints_endpoints_and_stops_cleanly(repository, stop_signal):
         try:
             code = process.wait(timeout=40)
         except subprocess.TimeoutExpired:
+            with open(f"/proc/{process.pid}/status") as status:
+                signals = [line.strip() for line in status if line.startswith(("Sig", "ShdPnd"))]
             process.send_signal(signal.SIGUSR1)  # the launcher writes its threads' stacks
             time.sleep(1)
             process.kill()
             output = process.communicate(timeout=10)[0]
             pytest.fail(f"no exit 40 s after {stop_signal.name}; tritonserver "
                         f"{'still runs' if os.path.exists(f'/proc/{server}') else 'is gone'}; the launcher's "
-                        f"output and stacks:\n{output[-6000:]}")
+                        f"signals {signals}, output and stacks:\n{output[-6000:]}")
         assert code == 0
     finally:
         process.kill()
