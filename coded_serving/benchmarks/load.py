@@ -304,6 +304,8 @@ class BenchmarkServer:
         self._changed: set[str] = set()
         #: models with a killed instance: Triton reloads only what changed, so these are unloaded first
         self._broken: set[str] = set()
+        #: times reset() found the server dead and started it afresh
+        self.restarts = 0
 
     def __enter__(self) -> "BenchmarkServer":
         self.server.start()
@@ -314,6 +316,7 @@ class BenchmarkServer:
     def __exit__(self, *exc) -> None:
         if self.admin is not None:
             self.admin.close()
+            self.admin = None
         self.server.stop()
 
     def url(self, protocol: str) -> str:
@@ -326,7 +329,15 @@ class BenchmarkServer:
         (self._changed.add if faults else self._changed.discard)(model)
 
     def reset(self) -> None:
-        """Every model loaded, as written, with no faults."""
+        """Every model loaded, as written, with no faults. A server that died is started afresh: Triton's
+        Python backend (the CPU stand-in for the members) can abort under load with a boost
+        ``lock_exception`` (triton-inference-server/server#8882), and one abort must not end a sweep."""
+        if not self.server.running:
+            self.restarts += 1
+            self.__exit__()
+            self.__enter__()
+            self._changed.clear()
+            self._broken.clear()
         states = {entry["name"]: entry.get("state") for entry in self.admin.get_model_repository_index()}
         for model in self.models:
             broken = model in self._broken

@@ -516,7 +516,10 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
     runs = workdir / "runs"
     with BenchmarkServer(spec, workdir, rate_limit=True) as bench:
         def run(scenario: Scenario, label: str) -> ScenarioResult:
+            restarts = bench.restarts
             result = run_scenario(bench, scenario, locustfile, runs)
+            if bench.restarts > restarts:
+                progress(f"{label}: tritonserver had died after the previous run and was started afresh")
             extra = "-" if result.extra_work is None else f"{result.extra_work:+.0%}"
             progress(f"{label}: {scenario.condition}, {SWEEP_NAMES[scenario.system]}, {scenario.rate_rps:g} req/s"
                      f"{f', hedge {scenario.hedge_ms:g} ms' if scenario.hedge_ms else ''}: median "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,18 @@ def test_injection_by_hand_slows_one_instance_kills_and_resets(bench):
             client.infer(IMAGE)
         inject(bench, "reset", member)
         assert client.infer(IMAGE).outputs.shape == (1, 10)
+
+
+def test_reset_starts_a_dead_server_afresh(bench):
+    os.killpg(bench.server.pid, signal.SIGKILL)  # as an abort in Triton's Python backend would end it
+    deadline = time.monotonic() + 30
+    while bench.server.running:
+        assert time.monotonic() < deadline, "tritonserver outlived SIGKILL"
+        time.sleep(0.05)
+    bench.reset()
+    assert bench.restarts == 1
+    with ModelClient(bench.url("http"), CODED) as client:
+        assert client.infer(np.repeat(IMAGE, 2, axis=0)).outputs.shape == (2, 10)
 
 
 def test_slow_member_is_answered_by_reconstruction_under_load(bench, tmp_path):
