@@ -163,6 +163,18 @@ def test_erroring_member_loses_no_request(server, inject_faults, images):
     assert sum(r.reconstructed.sum() for r in results) > 0
 
 
+def test_a_query_neither_copy_nor_code_can_recover_is_retried_on_the_other_member(server, inject_faults, images):
+    """Data member 1 and the parity member both error: the code cannot decode a query member 1 had, so its
+    original goes once more to member 0. Every answer is the exact original."""
+    inject_faults(MEMBERS[1], FaultInjection(error_probability=1.0))
+    inject_faults(MEMBERS[2], FaultInjection(error_probability=1.0))
+    with ModelClient(server.config.http_url, ENSEMBLE) as client:
+        for start in range(0, 16, 2):
+            result = client.infer(images[start:start + 2])
+            assert not result.reconstructed.any()
+            np.testing.assert_allclose(result.outputs, onnx_logits("lenet5", images[start:start + 2]), atol=1e-5)
+
+
 @pytest.mark.parametrize("model", [
     "lenet5", "lenet5_parm_encoder", "lenet5_parm_decoder", *MEMBERS,
 ])
