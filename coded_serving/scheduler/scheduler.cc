@@ -130,7 +130,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
         again = true;
       } else {
         g.awaiting_encoder.push_back(role);  // sent once the encoder answers
-        if (!g.encoder_started) out.encodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, true, {}, now}));
+        if (!g.encoder_started) out.encodes.push_back(codec_call(group, true, now));
         g.encoder_started = true;
       }
     }
@@ -142,7 +142,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
       g.counts.decode_us += (now_s() - now) * 1e6;
       continue;
     }
-    if (actions.decode) out.decodes.push_back(std::make_shared<CodecCall>(CodecCall{this, group, false, g.decoder_buffers(), now}));
+    if (actions.decode) out.decodes.push_back(codec_call(group, false, now));
     if (actions.finished) return finish(g, actions, now);
     if (!again) return schedule(group, actions.wakeup);
   }
@@ -163,6 +163,7 @@ void Scheduler::settle(Outbox& out) {
         call->groups.push_back(group);
       }
       call->tasks = std::move(assignment.tasks);
+      call->input = member_input(*call);
       out.calls.push_back(call);
     }
     for (const Task& task : held_back) {
@@ -285,20 +286,24 @@ void Scheduler::flush(Outbox& out) {
   }
 }
 
+InputSpec Scheduler::member_input(const MemberCall& call) const {
+  const int64_t rows = call.tasks.size();
+  const Group& first = *call.groups[0];
+  InputSpec input{config_.input.name, model_.input_type, batch_shape(rows, config_.input.dims), {}};
+  if (call.kind > 0 && config_.encoder == Encoder::Stack) {
+    input.shape = batch_shape(rows, batch_shape(config_.k, config_.input.dims));
+  } else if (call.kind > 0 && config_.encoder == Encoder::Model) {
+    input.dtype = first.encoded_view.dtype;
+    input.shape = batch_shape(rows, {first.encoded_view.shape.begin() + 2, first.encoded_view.shape.end()});
+  }
+  for (int64_t i = 0; i < rows; ++i) call.groups[i]->append_input(call.tasks[i].role, input);
+  return input;
+}
+
 std::string Scheduler::send_member(const std::shared_ptr<MemberCall>& call) {
   const std::string& model = config_.model_of(call->worker, call->kind);
   try {
-    const int64_t rows = call->tasks.size();
-    const Group& first = *call->groups[0];
-    InputSpec input{config_.input.name, model_.input_type, batch_shape(rows, config_.input.dims), {}};
-    if (call->kind > 0 && config_.encoder == Encoder::Stack) {
-      input.shape = batch_shape(rows, batch_shape(config_.k, config_.input.dims));
-    } else if (call->kind > 0 && config_.encoder == Encoder::Model) {
-      input.dtype = first.encoded_view.dtype;
-      input.shape = batch_shape(rows, {first.encoded_view.shape.begin() + 2, first.encoded_view.shape.end()});
-    }
-    for (int64_t i = 0; i < rows; ++i) call->groups[i]->append_input(call->tasks[i].role, input);
-    RequestPtr request = new_request(model_.server, model, {input}, config_.member_output.name);
+    RequestPtr request = new_request(model_.server, model, {call->input}, config_.member_output.name);
     Hold<MemberCall> release_hold(new std::shared_ptr<MemberCall>(call));
     Hold<MemberCall> response_hold(new std::shared_ptr<MemberCall>(call));
     check(TRITONSERVER_InferenceRequestSetReleaseCallback(request.get(), on_member_release, release_hold.get()));
@@ -326,22 +331,29 @@ std::string Scheduler::send_member(const std::shared_ptr<MemberCall>& call) {
   }
 }
 
+std::shared_ptr<Scheduler::CodecCall> Scheduler::codec_call(const std::shared_ptr<Group>& group, bool encoder,
+                                                              double now) {
+  auto call = std::make_shared<CodecCall>(CodecCall{this, group, encoder, {}, {}, now});
+  std::vector<InputSpec>& inputs = call->inputs;
+  if (encoder) {
+    inputs.push_back({"queries", model_.input_type, batch_shape(1, batch_shape(config_.k, config_.input.dims)), {}});
+    for (int slot = 0; slot < config_.k; ++slot)
+      inputs[0].chunks.emplace_back(group->slot_row(slot), config_.input.row_bytes());
+  } else {
+    call->buffers = group->decoder_buffers();
+    const int64_t workers = config_.num_workers();
+    inputs.push_back({"results", model_.member_output_type, batch_shape(1, batch_shape(workers, config_.member_output.dims)),
+                      {{call->buffers[0].data(), call->buffers[0].size()}}});
+    inputs.push_back({"available", TRITONSERVER_TYPE_BOOL, {1, workers}, {{call->buffers[1].data(), call->buffers[1].size()}}});
+  }
+  return call;
+}
+
 std::string Scheduler::send_codec(const std::shared_ptr<CodecCall>& call) {
   const bool encoder = call->encoder;
   const std::string& model = encoder ? config_.encoder_model : config_.decoder_model;
   try {
-    std::vector<InputSpec> inputs;
-    if (encoder) {
-      inputs.push_back({"queries", model_.input_type, batch_shape(1, batch_shape(config_.k, config_.input.dims)), {}});
-      for (int slot = 0; slot < config_.k; ++slot)
-        inputs[0].chunks.emplace_back(call->group->slot_row(slot), config_.input.row_bytes());
-    } else {
-      const int64_t workers = config_.num_workers();
-      inputs.push_back({"results", model_.member_output_type, batch_shape(1, batch_shape(workers, config_.member_output.dims)),
-                        {{call->buffers[0].data(), call->buffers[0].size()}}});
-      inputs.push_back({"available", TRITONSERVER_TYPE_BOOL, {1, workers}, {{call->buffers[1].data(), call->buffers[1].size()}}});
-    }
-    RequestPtr request = new_request(model_.server, model, inputs, encoder ? "coded_queries" : "estimates");
+    RequestPtr request = new_request(model_.server, model, call->inputs, encoder ? "coded_queries" : "estimates");
     Hold<CodecCall> release_hold(new std::shared_ptr<CodecCall>(call));
     Hold<CodecCall> response_hold(new std::shared_ptr<CodecCall>(call));
     check(TRITONSERVER_InferenceRequestSetReleaseCallback(request.get(), on_codec_release, release_hold.get()));

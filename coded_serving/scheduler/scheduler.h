@@ -24,6 +24,7 @@ struct MemberCall {
   int kind;  // Placement::model of its roles
   std::vector<Task> tasks;
   std::vector<std::shared_ptr<Group>> groups;  // keep their query rows alive until Triton releases the call
+  InputSpec input;  // built under the lock: a group's queries and slots change while it is open
   double start = 0;
   TRITONSERVER_InferenceRequest* request = nullptr;  // while Triton holds it
   size_t unneeded = 0;  // tasks whose group ended: all of them, and the call is cancelled
@@ -43,6 +44,7 @@ class Scheduler {
     std::shared_ptr<Group> group;
     bool encoder;  // else the decoder
     std::vector<std::vector<char>> buffers;
+    std::vector<InputSpec> inputs;  // built under the lock, pointing into the group's rows or buffers
     double start;
     bool answered = false;
   };
@@ -65,6 +67,8 @@ class Scheduler {
   void schedule(const std::shared_ptr<Group>& group, double when);
   std::shared_ptr<Group> find(uint64_t id) const;
 
+  InputSpec member_input(const MemberCall& call) const;
+  std::shared_ptr<CodecCall> codec_call(const std::shared_ptr<Group>& group, bool encoder, double now);
   std::string send_member(const std::shared_ptr<MemberCall>& call);
   std::string send_codec(const std::shared_ptr<CodecCall>& call);
   void member_answered(const std::shared_ptr<MemberCall>& call, ResponsePtr response);
