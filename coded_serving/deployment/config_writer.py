@@ -53,8 +53,8 @@ def _onnx_config(spec: OnnxModelSpec) -> mc.ModelConfig:
     config = _base_config(spec.name, "onnxruntime", spec.max_batch_size, spec.inputs, spec.outputs, spec.instances,
                           kind=None)
     config.default_model_filename = "model.onnx"
-    # a dynamic batcher also lets Triton drop a member request the scheduler cancelled
-    config.dynamic_batching.SetInParent()
+    if spec.dynamic_batching:
+        config.dynamic_batching.SetInParent()
     _set_parameters(config, spec.parameters)
     if spec.device:
         config.instance_group[0].rate_limiter.resources.add(name=spec.device, count=1)
@@ -72,7 +72,8 @@ def _ensemble_config(spec: CodedEnsembleSpec) -> mc.ModelConfig:
     native = spec.codec == "native"
     outputs = (spec.output, TensorSpec(RECONSTRUCTED, "BOOL", (1,)))
     config = _base_config(spec.name, "coded_ensemble", spec.max_batch_size, (spec.input,), outputs, spec.instances)
-    config.dynamic_batching.max_queue_delay_microseconds = spec.group_wait_us
+    if spec.group_wait_us:  # otherwise requests reach the scheduler one by one, a thread hop less
+        config.dynamic_batching.max_queue_delay_microseconds = spec.group_wait_us
     _set_parameters(config, {
         "members": ",".join(spec.members),
         "k": code.k,

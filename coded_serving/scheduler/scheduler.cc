@@ -184,7 +184,7 @@ void Scheduler::settle(Outbox& out) {
 
 void Scheduler::finish(Group& group, const Actions& actions, double now) {
   group.finished = true;
-  // Stragglers no group needs: members have a dynamic batcher, so Triton drops them if queued.
+  // Stragglers no group needs: a backend that checks for cancellation stops early.
   for (int role : actions.cancel) {
     std::shared_ptr<MemberCall> call = group.call_of[role].lock();
     if (call && ++call->unneeded == call->tasks.size() && call->request)

@@ -48,6 +48,10 @@ class OnnxModelSpec:
     #: a Triton rate-limiter resource its instances share with the other models of one worker, so
     #: that they run one at a time as on one device (needs ``ServerConfig.rate_limit``)
     device: str | None = None
+    #: Triton's dynamic batcher; a coded ensemble's members go without: its scheduler batches their
+    #: calls and sends a worker its next call only when the last one returned, so a batcher would
+    #: only add a thread hop to every call
+    dynamic_batching: bool = True
 
     def __post_init__(self) -> None:
         if self.accelerator not in (None, "tensorrt"):
@@ -61,7 +65,9 @@ class CodedEnsembleSpec:
     ``members`` are in worker order: with a systematic code, worker ``i < k`` gets query ``i``
     unchanged. ``deadline_ms`` is how long a member's answer is awaited before it counts as
     missing (0 = a pure race, as in ParM); ``timeout_ms`` bounds a request that cannot be
-    decoded. ``group_wait_us`` is the dynamic batcher's delay for filling coding groups.
+    decoded. With ``group_wait_us`` the ensemble gets a dynamic batcher that holds requests that long
+    to fill coding groups within one execute; without it (groups form across executes anyway)
+    requests reach the scheduler directly.
     ``codec="native"`` encodes and decodes inside the scheduler where the code allows it (ParM's
     sum and subtraction, Coded-InvNet's stacking) and calls the encoder/decoder models otherwise;
     ``codec="models"`` always calls the models. Members are local models; a ``RemoteModelSpec``
