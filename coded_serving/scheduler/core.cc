@@ -73,6 +73,10 @@ void Race::call(int role) {
   to_call_.push_back(role);
 }
 
+void Race::on_sent(int role, double now) {
+  if (state_[role] == Call::Pending && now < deadline_[role]) deadline_[role] = now + deadline_s_;
+}
+
 std::vector<Fill> Race::on_answer(int role, bool usable) {
   std::vector<Fill> fills;
   if (state_[role] != Call::Pending) return fills;

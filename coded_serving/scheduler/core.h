@@ -85,6 +85,9 @@ class Race {
   int slot_query(int slot) const { return slots_[slot]; }
   int padded_slots() const { return open_ ? 0 : code_.k - num_queries_; }
 
+  // The role's call left the scheduler's queue: its deadline counts from now, unless it already
+  // passed in the queue (time a task waits for a free worker is not its member's lateness).
+  void on_sent(int role, double now);
   std::vector<Fill> on_answer(int role, bool usable);  // usable: false for non-finite values
   void on_failure(int role, const std::string& reason);
   // A role no healthy worker may take: a reserve, called only if the others cannot decode.

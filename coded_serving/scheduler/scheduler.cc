@@ -151,7 +151,8 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
 void Scheduler::settle(Outbox& out) {
   while (true) {
     std::vector<Task> held_back, unplaceable;
-    for (Assignment& assignment : dispatcher_.next(now_s(), held_back, unplaceable)) {
+    const double now = now_s();
+    for (Assignment& assignment : dispatcher_.next(now, held_back, unplaceable)) {
       auto call = std::make_shared<MemberCall>();
       call->scheduler = this;
       call->worker = assignment.worker;
@@ -160,6 +161,7 @@ void Scheduler::settle(Outbox& out) {
         std::shared_ptr<Group> group = find(task.group);  // queued tasks of ended groups were dropped
         group->worker_of[task.role] = assignment.worker;
         group->call_of[task.role] = call;
+        group->race.on_sent(task.role, now);
         call->groups.push_back(group);
       }
       call->tasks = std::move(assignment.tasks);

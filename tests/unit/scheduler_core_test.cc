@@ -148,6 +148,17 @@ TEST(originals_answer_at_once) {
   CHECK((done.cancel == std::vector<int>{2}));  // the parity straggler is cancelled
 }
 
+TEST(a_deadline_counts_from_the_dispatch_unless_it_passed_in_the_queue) {
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);  // every role queued at 0
+  race.poll(0);
+  race.on_sent(0, 0.004);  // waited 4 ms for a worker: late from 14 ms
+  race.on_sent(1, 0.0);
+  race.on_sent(2, 0.011);  // already late in the queue: stays late
+  CHECK((race.late_roles(0.012) == std::vector<int>{1, 2}));
+  CHECK(!race.poll(0.012).decode);  // role 0 is still within its deadline
+  CHECK((race.late_roles(0.014) == std::vector<int>{0, 1, 2}));
+}
+
 TEST(pure_race_decodes_as_soon_as_enough_are_in) {
   Race race = group_of(kParm, 2, 0.0, 1.0, 0);
   race.poll(0);
