@@ -165,6 +165,8 @@ class Samples:
     queries: np.ndarray
     reconstructed: np.ndarray
     hedged: np.ndarray
+    #: answered after locust began stopping its users, which stalls the load generator
+    during_stop: np.ndarray
     errors: tuple[str, ...]
 
     @classmethod
@@ -178,7 +180,7 @@ class Samples:
         return cls(column("arrival_s", float), column("latency_ms", float), column("send_lag_ms", float),
                    column("queries", int),
                    column("reconstructed", int), column("hedged", int).astype(bool),
-                   tuple(row["error"] for row in rows))
+                   column("during_stop", int).astype(bool), tuple(row["error"] for row in rows))
 
     @property
     def ok(self) -> np.ndarray:
@@ -222,11 +224,12 @@ class ScenarioResult:
 
 def summarize(scenario: Scenario, samples: Samples, server_cpu_s: float, load_average: float,
               coded: bool) -> ScenarioResult:
-    """Percentiles over the successful requests that arrived after the warm-up; errors over the whole run."""
+    """Percentiles over the successful requests that arrived after the warm-up and were answered before
+    locust began stopping; errors over the whole run."""
     if not len(samples.latency_ms):
         raise RuntimeError(f"scenario {scenario.slug}: locust recorded no request")
     begin, end = samples.arrival_s.min() + scenario.warmup_s, samples.arrival_s.max()
-    window = samples.arrival_s >= begin
+    window = (samples.arrival_s >= begin) & ~samples.during_stop
     good = window & samples.ok
     latencies = samples.latency_ms[good]
     if not len(latencies):

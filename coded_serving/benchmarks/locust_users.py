@@ -12,13 +12,17 @@ slow answer cannot hide the queueing that a real client would see (no coordinate
 Every request is written to ``--samples`` (CSV) with its exact latency and its send lag: how late
 the user sent it beyond its scheduled arrival and its previous answer, so a load generator starved
 of CPU shows there and not only as latency. Locust's own statistics round latencies to whole
-milliseconds, too coarse for a 2 ms service.
+milliseconds, too coarse for a 2 ms service. Two pauses of the load generator itself would land in
+the latencies of every request in flight: Python's full garbage collections (the heap is frozen
+once the users are up, so they stay short) and locust stopping its users (answers that came after
+it began are flagged ``during_stop``).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import gc
 import itertools
 import random
 import time
@@ -34,11 +38,13 @@ from coded_serving.training.data import DEFAULT_ROOT, read_idx
 
 grpc_gevent.init_gevent()
 
-SAMPLE_FIELDS = ("arrival_s", "latency_ms", "send_lag_ms", "queries", "reconstructed", "hedged", "error")
+SAMPLE_FIELDS = ("arrival_s", "latency_ms", "send_lag_ms", "queries", "reconstructed", "hedged", "during_stop",
+                 "error")
 #: distinct test images the users draw their batches from
 IMAGES = 512
 
 _samples: list[tuple] = []
+_stopping = False
 
 
 @events.init_command_line_parser.add_listener
@@ -53,6 +59,20 @@ def _options(parser) -> None:
                         help="send a second copy when no answer came after this long (0: never)")
     parser.add_argument("--samples", default="", help="CSV file that receives every request")
     parser.add_argument("--seed", type=int, default=0)
+
+
+@events.spawning_complete.add_listener
+def _freeze_heap(**_) -> None:
+    """Full collections walk the whole heap (modules, clients, images): tens of ms that would stall
+    every request in flight. Frozen objects are left out of them."""
+    gc.collect()
+    gc.freeze()
+
+
+@events.test_stopping.add_listener
+def _stop_begins(**_) -> None:
+    global _stopping
+    _stopping = True
 
 
 @events.quitting.add_listener
@@ -117,8 +137,8 @@ class TritonUser(User):
         self.free_at = time.perf_counter()
         latency_ms = (self.free_at - arrival) * 1000
         reconstructed = 0 if result is None or result.reconstructed is None else int(result.reconstructed.sum())
-        _samples.append((f"{arrival_wall:.6f}", f"{latency_ms:.4f}", f"{lag_ms:.4f}", len(batch),
-                         reconstructed, int(hedged), "" if error is None else str(error).replace("\n", " ")[:200]))
+        _samples.append((f"{arrival_wall:.6f}", f"{latency_ms:.4f}", f"{lag_ms:.4f}", len(batch), reconstructed,
+                         int(hedged), int(_stopping), "" if error is None else str(error).replace("\n", " ")[:200]))
         self.environment.events.request.fire(
             request_type=self.protocol.upper(), name=self.model, response_time=latency_ms,
             response_length=len(batch), exception=error, context={},

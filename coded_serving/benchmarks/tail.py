@@ -313,8 +313,9 @@ def write_report(path: Path, info: RunInfo, settings: BenchmarkSettings, results
         f"(tritonclient), Fashion-MNIST test images; batch 1 unless the row says otherwise (batch 2 and 4 at the same "
         f"request rate). Saturation: {s.saturation_users} closed-loop users.",
         f"- Durations: {s.duration_s:g} s for the one-slow-member runs at batch 1 (the goals), {s.short_duration_s:g} s "
-        f"for the others, {s.saturation_duration_s:g} s for saturation; the first {s.warmup_s:g} s of each run are "
-        "left out of percentiles and throughput, never out of the error count.",
+        f"for the others, {s.saturation_duration_s:g} s for saturation; the first {s.warmup_s:g} s of each run and "
+        "the answers that came after locust began stopping its users (a pause of the load generator) are left out "
+        "of percentiles and throughput, never out of the error count.",
         "- Systems:",
         *[f"  - {SYSTEM_NAMES[system]}: {descriptions[system]}" for system in SYSTEMS],
         f"- One slow member: {s.slow.describe()}; on instance 0 of the uncoded models, on data member 0 of the "
@@ -741,8 +742,10 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         f"closed-loop users, {s.capacity_duration_s:g} s, healthy; Triton's dynamic batcher packs several requests "
         f"into one {s.service_ms:g} ms execute, so this is above {s.k + 1} instances x 1/{s.service_ms:g} ms; the "
         f"load generator runs on the same cores). {s.protocol.upper()}.",
-        f"- Runs of {s.duration_s:g} s each, the first {s.warmup_s:g} s left out of percentiles (never out of lost "
-        "requests). Short runs: at the lowest load the p99.9 rests on a handful of requests, so it is the slowest few; "
+        f"- Runs of {s.duration_s:g} s each, the first {s.warmup_s:g} s and the answers that came after locust began "
+        "stopping its users (a pause of the load generator, not of the server) left out of percentiles (never out of "
+        "lost requests); the load generator freezes its heap once its users are up, so that its garbage collections "
+        "stay short. Short runs: at the lowest load the p99.9 rests on a handful of requests, so it is the slowest few; "
         "read the tail figures as indicative, not precise.",
         "- Conditions (on one worker: instance 0 of an uncoded model, data member 0 of the dedicated ensemble, both "
         "models of worker 0 of the every-worker ensemble):",

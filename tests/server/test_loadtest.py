@@ -97,6 +97,7 @@ def test_headless_locust_run_records_requests_and_no_failure(server, tmp_path, p
     samples = Samples.from_csv(tmp_path / f"{scenario.slug}_samples.csv")
     assert len(samples.latency_ms) > 20 and samples.ok.all()
     assert (samples.queries == 2).all() and (samples.latency_ms > 0).all() and (samples.send_lag_ms > -1).all()
+    assert not samples.during_stop[:len(samples.during_stop) // 2].any()  # flagged from the stop on
     totals = read_locust_totals(tmp_path / f"{scenario.slug}_stats.csv")
     # locust's statistics close before the answers of its stop phase arrive; the samples have them all
     assert 0 < int(totals["Request Count"]) <= len(samples.latency_ms) and int(totals["Failure Count"]) == 0
@@ -198,13 +199,14 @@ def test_contention_pins_the_stub_with_busy_processes_and_restores_it(bench):
     assert all(p.poll() is not None for p in contention.busy)
 
 
-def synthetic_samples(latencies_ms: np.ndarray, errors: int = 0, reconstructed: int = 0) -> Samples:
+def synthetic_samples(latencies_ms: np.ndarray, errors: int = 0, reconstructed: int = 0, stopping: int = 0) -> Samples:
+    """``stopping``: the last ones were answered after locust began stopping."""
     n = len(latencies_ms)
     return Samples(
         arrival_s=1000 + np.arange(n) * 0.01, latency_ms=np.asarray(latencies_ms, float), send_lag_ms=np.full(n, 0.2),
         queries=np.ones(n, int),
         reconstructed=(np.arange(n) < reconstructed).astype(int), hedged=np.zeros(n, bool),
-        errors=tuple("boom" if i < errors else "" for i in range(n)),
+        during_stop=np.arange(n) >= n - stopping, errors=tuple("boom" if i < errors else "" for i in range(n)),
     )
 
 
@@ -221,6 +223,15 @@ def test_summary_leaves_out_the_warmup_but_counts_every_error():
     assert result.cpu_ms_per_query == pytest.approx(2.0) and result.reconstructed_fraction is None
     assert result.worst_second_median_ms == pytest.approx(np.median(latencies[1000:]), rel=0.01)
     assert result.send_lag_p99_ms == pytest.approx(0.2)
+
+
+def test_summary_leaves_out_answers_that_came_while_locust_stopped():
+    """Locust's stop stalls the load generator: what it delays is its own pause, not the server's."""
+    latencies = np.concatenate([np.linspace(1, 10, 1000), np.full(20, 40.0)])
+    scenario = Scenario(EQUAL_RESOURCES, SLOW, EQUAL_RESOURCES, rate_rps=100, duration_s=10, warmup_s=0)
+    result = summarize(scenario, synthetic_samples(latencies, errors=2, stopping=20), 1.0, 0.1, coded=False)
+    assert result.p999_ms == pytest.approx(np.percentile(latencies[2:1000], 99.9)) and result.p999_ms < 10  # 2 errors
+    assert result.requests == 1020 and result.errors == 2
 
 
 def result_for(system: str, condition: str, latencies: np.ndarray, errors: int = 0):
