@@ -115,7 +115,7 @@ class Failure:
     model: str
     at_s: float
     instance: int = 0
-    #: more models unloaded with ``model`` (one worker's parity model, say)
+    #: more models failed with ``model`` the same way (one worker's parity model, say)
     also: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -368,8 +368,9 @@ class BenchmarkServer:
 
     def fail(self, failure: Failure) -> None:
         if failure.kind == "kill":
-            self.stub(failure.model, failure.instance).send_signal(signal.SIGKILL)
-            self._broken.add(failure.model)
+            for model in (failure.model, *failure.also):
+                self.stub(model, failure.instance).send_signal(signal.SIGKILL)
+                self._broken.add(model)
         else:
             for model in (failure.model, *failure.also):
                 self.admin.unload_model(model)

@@ -458,12 +458,13 @@ def sweep_faults(system: str, condition: str, s: SweepSettings) -> tuple[tuple[s
 
 
 def sweep_failure(system: str, s: SweepSettings) -> Failure:
-    """A coded worker is unloaded; an uncoded model's instance 0 is SIGKILLed (Triton cannot unload one instance)."""
+    """The same crash for every system: the stub process of one worker's instance is SIGKILLed (an orderly
+    unload would also pause the whole server while Triton tears the model down)."""
     if system == CODED_DEDICATED:
-        return Failure("unload", f"{CODED_DEDICATED}_member_0", s.failure_at_s)
+        return Failure("kill", f"{CODED_DEDICATED}_member_0", s.failure_at_s)
     if system == CODED_EVERY_WORKER:
         worker = f"{CODED_EVERY_WORKER}_worker_0"
-        return Failure("unload", worker, s.failure_at_s, also=(f"{worker}_parity",))
+        return Failure("kill", worker, s.failure_at_s, also=(f"{worker}_parity",))
     return Failure("kill", EQUAL_RESOURCES if system == HEDGED else system, s.failure_at_s, 0)
 
 
@@ -753,13 +754,14 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         f"  - {PERSISTENT}: every execute of that worker takes {s.persistent_extra_ms:g} ms more "
         f"({s.service_ms + s.persistent_extra_ms:g} ms instead of {s.service_ms:g} ms). A constant extra delay, not "
         "CPU contention: on 2 shared cores busy loops slow the whole server and the load generator, not one worker.",
-        f"  - {KILLED_WORKER}: {s.failure_at_s:g} s into the run, the coded worker is unloaded (the dedicated data "
-        "member 0; worker 0's deployed and parity models); Triton cannot unload one instance of a model, so an "
-        "uncoded model's instance 0 has its stub process SIGKILLed instead (Triton 2.51 keeps scheduling the dead "
-        "instance, each execute there failing after about 1 s: those are the uncoded systems' lost requests).",
+        f"  - {KILLED_WORKER}: {s.failure_at_s:g} s into the run, the worker's Python stub processes are SIGKILLed "
+        "(instance 0 of an uncoded model, the dedicated data member 0, both models of worker 0 of the every-worker "
+        "ensemble). Triton 2.51 keeps scheduling a dead instance, each execute there failing after about 1 s: "
+        "those are the uncoded systems' lost requests; a coded ensemble decodes or retries them. (An orderly "
+        "unload instead would also pause the whole server for about 0.1 s per model while Triton tears it down.)",
         "- Columns: `extra work` = queries run beyond one per query sent: Triton's inference_count of an uncoded "
         "model; for a coded ensemble, the rows its member calls answered (parity and copies included, its own "
-        "`coded_member_rows_total`, which outlives an unloaded member's statistics). "
+        "`coded_member_rows_total`, which outlives a lost member's statistics). "
         f"`reconstructed` = share of queries answered by ParM's decoder. {impact} "
         "`server CPU ms/query`: tritonserver and its stubs. `lost`: requests without an answer.",
         "",
