@@ -299,6 +299,12 @@ std::vector<int> Dispatcher::candidates(const Task& task, double now) const {
   return workers;
 }
 
+bool Dispatcher::runs_its_group(const Task& task) const {
+  for (int w = 0; w < placement_.code.num_workers; ++w)
+    if (placement_.runs(w, task.role) && mark_of(task.group, w) == Mark::Running) return true;
+  return false;
+}
+
 bool Dispatcher::free_peer(const Task& task, int except, double now) const {
   for (int w : candidates(task, now))
     if (w != except && in_flight_[w] < calls_per_worker_ && (task.forced || !health_->suspended(w, now))) return true;
@@ -317,6 +323,10 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
   });
   for (auto it = queue_.begin(); it != queue_.end();) {
     std::vector<int> options = candidates(*it, now);
+    if (options.empty() && runs_its_group(*it)) {  // that worker answers or fails soon: wait for it
+      ++it;
+      continue;
+    }
     bool all_suspended = !it->forced;
     for (int w : options) all_suspended &= health_->suspended(w, now);
     if (options.empty() || all_suspended) {

@@ -182,7 +182,8 @@ class Dispatcher {
   // Hands free workers their next tasks, least loaded first (the preferred one among equals);
   // a call also takes the queued tasks that prefer its worker or that no other free worker could start.
   // held_back: tasks whose every possible worker is suspended; unplaceable: tasks no worker may
-  // take (each one it could run on is running a task of the group).
+  // take (each one it could run on failed a task of the group). A task whose possible workers
+  // are busy with its group's other tasks waits for one of them to answer.
   std::vector<Assignment> next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable);
   void returned(int worker) { --in_flight_[worker]; }
   // The worker answered one of the group's tasks: it can no longer cost the group that role, so
@@ -205,6 +206,7 @@ class Dispatcher {
   int free_for_originals(double now) const;  // workers that could start a query's original now
   bool may_take(const Task& task, int worker, double now) const;  // placement and the spreading rule
   std::vector<int> candidates(const Task& task, double now) const;
+  bool runs_its_group(const Task& task) const;  // a worker that may run it is running a task of its group
   bool free_peer(const Task& task, int except, double now) const;
 
   Placement placement_;

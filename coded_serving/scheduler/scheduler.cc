@@ -177,7 +177,7 @@ void Scheduler::settle(Outbox& out) {
     }
     for (const Task& task : unplaceable) {
       std::shared_ptr<Group> group = find(task.group);
-      group->race.on_failure(task.role, "every member that may run it is running a task of its group");
+      group->race.on_failure(task.role, "every member that may run it failed a task of its group");
       drive(group, out);
     }
     if (held_back.empty() && unplaceable.empty()) return;

@@ -302,7 +302,24 @@ TEST(dispatcher_never_puts_two_tasks_of_a_group_on_one_worker) {
   std::vector<int> workers = workers_of(first);
   std::sort(workers.begin(), workers.end());
   CHECK((workers == std::vector<int>{0, 1, 2}));
-  // a reserve of the same group waits for... nobody: every worker already has one of its tasks
+  // a reserve of the same group waits while every worker runs one of its tasks, for the first that answers
+  dispatcher.push(task(7, 1, true));
+  CHECK(q.next(0).empty() && q.unplaceable.empty());
+  dispatcher.returned(first[1].worker);
+  dispatcher.answered(7, first[1].worker);
+  std::vector<Assignment> after = q.next(0);
+  CHECK(after.size() == 1 && after[0].worker == first[1].worker);
+}
+
+TEST(a_task_whose_every_worker_failed_its_group_is_unplaceable) {
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
+  for (int role = 0; role < 3; ++role) dispatcher.push(task(7, role));
+  dispatcher.promote(7);
+  for (const Assignment& a : q.next(0)) {
+    dispatcher.returned(a.worker);
+    dispatcher.failed(7, a.worker);
+  }
   dispatcher.push(task(7, 1, true));
   CHECK(q.next(0).empty() && q.unplaceable.size() == 1);
 }
