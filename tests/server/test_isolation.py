@@ -248,12 +248,12 @@ def test_64_clients_under_churn_and_a_double_failure_get_exactly_one_response_ea
             wait_for(64, time.monotonic(), f"with {member} unloaded")
             admin.load_model(member)
             wait_for(64, time.monotonic(), f"after {member} came back")
-        double_start = time.monotonic()
+        double_start = time.monotonic()  # both data members: a failed original has nowhere to go once more
         admin.unload_model(MEMBERS[0])
-        admin.unload_model(MEMBERS[2])
+        admin.unload_model(MEMBERS[1])
         wait_for(128, time.monotonic(), "with two members unloaded")
         admin.load_model(MEMBERS[0])
-        admin.load_model(MEMBERS[2])
+        admin.load_model(MEMBERS[1])
         double_end = time.monotonic()
         wait_for(128, double_end, "after both came back")
     finally:
@@ -390,10 +390,15 @@ def test_models_codec_failing_encoder_fails_no_original(models_codec_server, ima
                 result = client.infer(images[:n])
                 np.testing.assert_allclose(result.outputs, want[:n], atol=1e-5)
                 assert not result.reconstructed.any()
-            admin.unload_model(MEMBERS[0])  # now member 0's queries cannot be decoded
+            admin.unload_model(MEMBERS[0])  # member 0's queries cannot be decoded: they go once more, to member 1
+            result = client.infer(images[:8])
+            np.testing.assert_allclose(result.outputs, want[:8], atol=1e-5)
+            assert not result.reconstructed.any()
+            admin.unload_model(MEMBERS[1])  # no data member left: unanswerable, the encoder named
             with pytest.raises(InferenceServerException, match=UNANSWERABLE) as error:
                 client.infer(images[:8])
             assert encoder in str(error.value)
+            admin.load_model(MEMBERS[1])
             lone = client.infer(images[:1])  # a lone query's copy on member 1: an original
             np.testing.assert_allclose(lone.outputs, want[:1], atol=1e-5)
             assert not lone.reconstructed.any()
