@@ -70,7 +70,7 @@ def sweep_repository_spec(deployed_onnx: Path, parity_onnx: Path, k: int = 2, de
                           deadline_min_ms: float = 3.0, service_ms: float = 5.0) -> RepositorySpec:
     """The load sweep's systems: no redundancy (k instances), Equal-Resources (k + 1), ParM with dedicated
     parity (``CODED``) and ParM with redundancy on every worker (``CODED_EVERY_WORKER``: k + 1 workers, each
-    the deployed and the parity model sharing one rate-limiter resource; serve with ``rate_limit``). Both
+    the deployed and the parity model, which the scheduler calls one at a time). Both
     coded ensembles: adaptive deadline (``deadline_min_ms`` .. ``deadline_ms``) and ``copy_when_idle``."""
     def tuned(models):
         return tuple(replace(m, copy_when_idle=True, deadline_min_ms=deadline_min_ms)
@@ -294,13 +294,13 @@ BENCHMARK_PYTHON_THREAD_POOL = 512
 class BenchmarkServer:
     """A tritonserver on loopback serving a benchmark repository, with per-scenario fault control."""
 
-    def __init__(self, spec: RepositorySpec, workdir: Path, rate_limit: bool = False):
+    def __init__(self, spec: RepositorySpec, workdir: Path):
         self.spec = spec
         self.models = {model.name: model for model in spec.models}
         self.workdir = Path(workdir)
         repository = write_repository(spec, self.workdir / "repository")
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              python_thread_pool=BENCHMARK_PYTHON_THREAD_POOL, rate_limit=rate_limit)
+                              python_thread_pool=BENCHMARK_PYTHON_THREAD_POOL)
         self.server = TritonServer(config, self.workdir / "server.log")
         self.admin: http.InferenceServerClient | None = None
         #: models now loaded with something else than their written config

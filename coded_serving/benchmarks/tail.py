@@ -516,7 +516,7 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
               progress=print) -> SweepRun:
     spec = sweep_repository_spec(deployed_onnx, parity_onnx, s.k, s.deadline_ms, s.deadline_min_ms, s.service_ms)
     runs = workdir / "runs"
-    with BenchmarkServer(spec, workdir, rate_limit=True) as bench:
+    with BenchmarkServer(spec, workdir) as bench:
         def run(scenario: Scenario, label: str) -> ScenarioResult:
             restarts = bench.restarts
             result = run_scenario(bench, scenario, locustfile, runs)
@@ -716,7 +716,7 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         "",
         f"Regenerate: `{info.command}` (this run took {info.minutes:.1f} minutes; it rewrites this file and its plots).",
         "",
-        f"Run {info.started} on {info.machine}; {info.server}, CPU only, every system in one server (rate limiter on); "
+        f"Run {info.started} on {info.machine}; {info.server}, CPU only, every system in one server; "
         f"revision {info.revision}; load average before the run {info.load_average[0]:.2f} / "
         f"{info.load_average[1]:.2f} / {info.load_average[2]:.2f} (1/5/15 min; the machine's 2 cores are shared with "
         "other work, the load generator included).",
@@ -735,7 +735,8 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         f"  - coded, dedicated parity: ParM (addition encoder, k={s.k}), {s.k} data members and 1 parity member, "
         "one instance each",
         f"  - coded, every worker: ParM, {s.k + 1} workers each hosting the deployed and the parity model, one "
-        "rate-limiter resource per worker (one execute at a time, as one device); roles rotate per group",
+        "execute at a time per worker (the scheduler sends a worker its next call when the last returned); roles rotate "
+        "per group",
         f"  - both coded ensembles: adaptive deadline (`deadline_min_ms={s.deadline_min_ms:g}`, "
         f"`deadline_ms={s.deadline_ms:g}`) and `copy_when_idle=True`; the C++ scheduler",
         f"- Load: locust, {s.users} users, Poisson arrivals at {', '.join(f'{l:.0%}' for l in s.loads)} of "

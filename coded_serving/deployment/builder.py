@@ -74,11 +74,11 @@ def onnx_tensors(path: Path) -> tuple[TensorSpec, TensorSpec]:
 
 
 def onnx_model(name: str, onnx_file: Path, accelerator: str | None = None, instances: int = 1,
-               device: str | None = None, member: bool = False) -> OnnxModelSpec:
+               member: bool = False) -> OnnxModelSpec:
     """``member``: called only by a coded ensemble's scheduler, which batches its calls itself."""
     query, output = onnx_tensors(onnx_file)
     return OnnxModelSpec(name, Path(onnx_file), (query,), (output,), instances=instances, accelerator=accelerator,
-                         device=device, dynamic_batching=not member)
+                         dynamic_batching=not member)
 
 
 def coded_ensemble(
@@ -99,11 +99,11 @@ def coded_ensemble(
     query, member_output = onnx_tensors(deployed_onnx)
     parities = ()
     if topology == "every_worker":
-        # worker w: the deployed and the parity model on one emulated device (rate-limiter resource)
-        members = tuple(onnx_model(f"{name}_worker_{w}", deployed_onnx, accelerator, device=f"{name}_worker_{w}",
-                                   member=True) for w in range(built.num_workers))
-        parities = tuple(onnx_model(f"{name}_worker_{w}_parity", coded_onnx or deployed_onnx, accelerator,
-                                    device=f"{name}_worker_{w}", member=True) for w in range(built.num_workers))
+        # worker w: the deployed and the parity model, one call at a time (the scheduler's dispatch)
+        members = tuple(onnx_model(f"{name}_worker_{w}", deployed_onnx, accelerator, member=True)
+                        for w in range(built.num_workers))
+        parities = tuple(onnx_model(f"{name}_worker_{w}_parity", coded_onnx or deployed_onnx, accelerator, member=True)
+                         for w in range(built.num_workers))
     else:
         members = (*(onnx_model(f"{name}_member_{i}", deployed_onnx, accelerator, member=True)
                      for i in range(built.k if built.systematic else 0)),

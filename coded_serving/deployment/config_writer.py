@@ -56,8 +56,6 @@ def _onnx_config(spec: OnnxModelSpec) -> mc.ModelConfig:
     if spec.dynamic_batching:
         config.dynamic_batching.SetInParent()
     _set_parameters(config, spec.parameters)
-    if spec.device:
-        config.instance_group[0].rate_limiter.resources.add(name=spec.device, count=1)
     if spec.accelerator == "tensorrt":
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"

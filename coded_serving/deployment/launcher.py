@@ -65,9 +65,6 @@ class ServerConfig:
     #: to a member holds one until it returns: under heavy straggling a larger pool keeps the
     #: coordinator going, at the cost of that many threads for every Python model instance.
     python_thread_pool: int | None = None
-    #: Triton's rate limiter (``--rate-limit=execution_count``): model instances that share a
-    #: ``rate_limiter`` resource run one at a time, as on one device (a coded ensemble's workers on CPU)
-    rate_limit: bool = False
 
     @property
     def loopback(self) -> bool:
@@ -222,7 +219,6 @@ class TritonServer:
             f"--log-verbose={c.log_verbose}",
             *self._restrictions(admin_key),
             *([f"--backend-config=python,thread-pool-size={c.python_thread_pool}"] if c.python_thread_pool else []),
-            *(["--rate-limit=execution_count"] if c.rate_limit else []),
         ]
 
     def _restrictions(self, admin_key: str) -> list[str]:

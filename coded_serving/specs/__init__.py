@@ -45,9 +45,6 @@ class OnnxModelSpec:
     instances: int = 1
     accelerator: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
-    #: a Triton rate-limiter resource its instances share with the other models of one worker, so
-    #: that they run one at a time as on one device (needs ``ServerConfig.rate_limit``)
-    device: str | None = None
     #: Triton's dynamic batcher; a coded ensemble's members go without: its scheduler batches their
     #: calls and sends a worker its next call only when the last one returned, so a batcher would
     #: only add a thread hop to every call
@@ -88,8 +85,10 @@ class CodedEnsembleSpec:
     latencies times ``deadline_margin``, within [deadline_min_ms, deadline_ms]; without it the
     deadline is ``deadline_ms``. ``topology="every_worker"``: each of the k+1 workers hosts the
     deployed model (``members[w]``) and the parity model (``parity_members[w]``) and roles rotate per
-    group, so originals spread over every worker (serve with ``ServerConfig.rate_limit``, the
-    members declaring their worker as ``device``); ``"dedicated"``: the data members run the originals
+    group, so originals spread over every worker. A worker runs one of its models at a time because
+    the scheduler sends it its next call only when the last one returned (no Triton rate limiter:
+    it hands a resource only to the instance at the head of its queue, so one worker holding its
+    resource, as a dead member does for each call, would stall every model of the server); ``"dedicated"``: the data members run the originals
     (whichever is free first) and coded member j the coded query j. ``pin_roles`` binds data role i to
     member i, so which queries a lost member costs is known in advance (the accuracy benchmark).
     """

@@ -314,8 +314,7 @@ def test_sweep_repository_has_both_coded_topologies_tuned_and_every_member_serve
         assert isinstance(ensemble, CodedEnsembleSpec) and ensemble.copy_when_idle and ensemble.deadline_min_ms == 3
     assert models[CODED_EVERY_WORKER].topology == "every_worker"
     workers = member_models(spec, CODED_EVERY_WORKER)
-    assert len(workers) == 6 and {models[w].device for w in workers} == {f"{CODED_EVERY_WORKER}_worker_{w}"
-                                                                         for w in range(3)}
+    assert workers == tuple(f"{CODED_EVERY_WORKER}_worker_{w}{kind}" for kind in ("", "_parity") for w in range(3))
     assert member_models(spec, CODED) == (f"{CODED}_member_0", f"{CODED}_member_1", f"{CODED}_coded_0")
     assert member_models(spec, EQUAL_RESOURCES) == (EQUAL_RESOURCES,)
     served = [FaultInjection.from_parameters({k: v.string_value for k, v in model_config(m).parameters.items()})

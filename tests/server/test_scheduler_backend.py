@@ -34,16 +34,14 @@ ASAN = os.environ.get("CODED_SCHEDULER_ASAN") == "1"
 EVERY = tuple((f"worker_{w}", f"worker_{w}_parity") for w in range(3))  # every worker: deployed + parity
 
 
-def onnx_config(name: str, device: str | None = None) -> str:
-    """``device``: a rate-limiter resource its instance shares (one device per worker)."""
-    limiter = f' rate_limiter {{ resources {{ name: "{device}" count: 1 }} }}' if device else ""
+def onnx_config(name: str) -> str:
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: 64
 default_model_filename: "model.onnx"
 input {{ name: "image" data_type: TYPE_FP32 dims: [1, 28, 28] }}
 output {{ name: "logits" data_type: TYPE_FP32 dims: [10] }}
-instance_group {{ count: 1{limiter} }}
+instance_group {{ count: 1 }}
 dynamic_batching {{ }}
 """
 
@@ -97,8 +95,8 @@ def server(tmp_path_factory, library):
     write_model(repository, "parm_batched", ensemble_config("parm_batched", queue_delay_us=20000))
     write_model(repository, "parm_stream", ensemble_config("parm_stream", group_close_us="50000"))
     for w, (deployed, parity) in enumerate(EVERY):
-        write_model(repository, deployed, onnx_config(deployed, device=f"worker_{w}"), DEPLOYED)
-        write_model(repository, parity, onnx_config(parity, device=f"worker_{w}"), PARITY)
+        write_model(repository, deployed, onnx_config(deployed), DEPLOYED)
+        write_model(repository, parity, onnx_config(parity), PARITY)
     write_model(repository, "parm_every", ensemble_config(
         "parm_every", members=",".join(d for d, _ in EVERY), worker_models=",".join(f"{d}:{p}" for d, p in EVERY)))
 
@@ -120,7 +118,7 @@ def server(tmp_path_factory, library):
         return env
 
     config = launcher.ServerConfig(model_repository=repository, http_port=launcher.free_port(),
-                                   grpc_port=launcher.free_port(), metrics_port=launcher.free_port(), rate_limit=True)
+                                   grpc_port=launcher.free_port(), metrics_port=launcher.free_port())
     launcher.build_backend_directory, launcher.server_environment = build_backend_directory, server_environment
     try:
         with launcher.TritonServer(config, log_path=library.parent / "server.log") as running:

@@ -492,6 +492,29 @@ TEST(every_worker_roles_rotate_over_all_workers) {
   CHECK(third.size() == 1 && third[0].worker != busy[0].worker && third[0].worker != busy[1].worker);
 }
 
+TEST(every_worker_a_worker_runs_one_of_its_models_at_a_time) {
+  // as one device: a worker busy with an original takes no parity call until it returns
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(2, 0));
+  std::vector<Assignment> originals = q.next(0);
+  CHECK(originals.size() == 2);
+  const int busy = originals[0].worker, free = 3 - originals[0].worker - originals[1].worker;
+  Task parity = task(3, 2);
+  parity.preferred = busy;
+  dispatcher.push(parity);
+  dispatcher.promote(3);
+  std::vector<Assignment> next = q.next(0);
+  CHECK(next.size() == 1 && next[0].worker == free);
+  dispatcher.push(task(4, 2));
+  dispatcher.promote(4);
+  CHECK(q.next(0).empty());  // every worker runs a call: the parity waits
+  dispatcher.returned(busy);
+  next = q.next(0);
+  CHECK(next.size() == 1 && next[0].worker == busy && next[0].tasks[0].role == 2);
+}
+
 TEST(dispatcher_holds_back_tasks_of_suspended_workers_and_probes) {
   Queue q(Placement{kParm, false}, 1);
   q.health.missed(2, 0);
