@@ -286,11 +286,6 @@ def stub_process(server: int, model: str, instance: int = 0) -> psutil.Process:
     raise LookupError(f"no live stub process for instance {name}")
 
 
-#: measured: with Triton's default pool a member stalled ~300 ms at 200 req/s froze the coded
-#: ensemble (p99.9 269 ms); with 512 threads, 47 ms. Only the load benchmark pays its threads.
-BENCHMARK_PYTHON_THREAD_POOL = 512
-
-
 class BenchmarkServer:
     """A tritonserver on loopback serving a benchmark repository, with per-scenario fault control."""
 
@@ -300,7 +295,7 @@ class BenchmarkServer:
         self.workdir = Path(workdir)
         repository = write_repository(spec, self.workdir / "repository")
         config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                              python_thread_pool=BENCHMARK_PYTHON_THREAD_POOL)
+)
         self.server = TritonServer(config, self.workdir / "server.log")
         self.admin: http.InferenceServerClient | None = None
         #: models now loaded with something else than their written config

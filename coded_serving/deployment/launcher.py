@@ -61,10 +61,6 @@ class ServerConfig:
     #: the key that model control and settings calls need (``RESTRICTED_APIS``); None: a fresh
     #: random one per start. Either way the launcher writes it to ``key_path(http_port)``.
     admin_key: str | None = None
-    #: threads of the Python backend per model instance (None: Triton's default). Each BLS call
-    #: to a member holds one until it returns: under heavy straggling a larger pool keeps the
-    #: coordinator going, at the cost of that many threads for every Python model instance.
-    python_thread_pool: int | None = None
 
     @property
     def loopback(self) -> bool:
@@ -218,7 +214,6 @@ class TritonServer:
             "--exit-timeout-secs=5",
             f"--log-verbose={c.log_verbose}",
             *self._restrictions(admin_key),
-            *([f"--backend-config=python,thread-pool-size={c.python_thread_pool}"] if c.python_thread_pool else []),
         ]
 
     def _restrictions(self, admin_key: str) -> list[str]:
