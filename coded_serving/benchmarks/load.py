@@ -294,8 +294,7 @@ class BenchmarkServer:
         self.models = {model.name: model for model in spec.models}
         self.workdir = Path(workdir)
         repository = write_repository(spec, self.workdir / "repository")
-        config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-)
+        config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
         self.server = TritonServer(config, self.workdir / "server.log")
         self.admin: http.InferenceServerClient | None = None
         #: models now loaded with something else than their written config
