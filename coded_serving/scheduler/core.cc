@@ -31,6 +31,8 @@ Race::Race(CodeShape code, double deadline_s, double timeout_s, double now)
       slots_(code.k, -1),
       state_(code.num_workers, Call::Waiting),
       deadline_(code.num_workers, now),
+      sent_at_(code.num_workers, std::numeric_limits<double>::infinity()),
+      calls_(code.num_workers, 0),
       reasons_(code.num_workers),
       available_(code.num_workers, false),
       answered_(code.k, false),
@@ -69,12 +71,16 @@ void Race::close(double now, bool copies_now) {
 void Race::call(int role) {
   state_[role] = Call::Pending;
   deadline_[role] = now_ + deadline_s_;
+  sent_at_[role] = std::numeric_limits<double>::infinity();
+  ++calls_[role];
   reasons_[role].clear();
   to_call_.push_back(role);
 }
 
 void Race::on_sent(int role, double now) {
-  if (state_[role] == Call::Pending && now < deadline_[role]) deadline_[role] = now + deadline_s_;
+  if (state_[role] != Call::Pending) return;
+  if (now < deadline_[role]) deadline_[role] = now + deadline_s_;
+  sent_at_[role] = now;
 }
 
 std::vector<Fill> Race::on_answer(int role, bool usable) {
@@ -91,14 +97,14 @@ std::vector<Fill> Race::on_answer(int role, bool usable) {
 
 void Race::on_failure(int role, const std::string& reason) {
   if (state_[role] != Call::Pending) return;
-  state_[role] = Call::Failed;
   reasons_[role] = reason;
+  if (--calls_[role] == 0) state_[role] = Call::Failed;
 }
 
 void Race::on_held_back(int role, const std::string& reason) {
   if (state_[role] != Call::Pending) return;
-  state_[role] = Call::Reserved;
   reasons_[role] = reason;
+  if (--calls_[role] == 0) state_[role] = Call::Reserved;
 }
 
 std::vector<Fill> Race::on_decoded() {
@@ -173,10 +179,14 @@ bool Race::wants_reserves() const {
   return any_reserved && (any_missing || !any_pending);
 }
 
+bool Race::stuck(int role) const {
+  return state_[role] == Call::Pending && deadline_s_ > 0 && now_ >= sent_at_[role] + deadline_s_;
+}
+
 bool Race::recoverable(int query) const {
   int possible = 0;
   for (int role = 0; role < code_.num_workers; ++role) {
-    const bool open = state_[role] == Call::Pending || state_[role] == Call::Reserved;
+    const bool open = (state_[role] == Call::Pending && !stuck(role)) || state_[role] == Call::Reserved;
     if (open && code_.is_original(role) && slots_[role] == query) return true;
     possible += available_[role] || open;
   }
@@ -204,10 +214,10 @@ Actions Race::poll(double now) {
       if (state_[role] == Call::Reserved) call(role);
     timeout_ = std::max(timeout_, now_ + deadline_s_);
   }
-  // A member's error must not cost a query nothing else can recover: its original goes out once more.
+  // A member's error or hang must not cost a query nothing else can recover: its original goes out once more.
   for (int role = 0; role < code_.num_workers && !open_ && !decoding_; ++role) {
-    if (!code_.is_original(role) || state_[role] != Call::Failed || retried_[role] || resolved(slots_[role]) ||
-        recoverable(slots_[role]))
+    if (!code_.is_original(role) || (state_[role] != Call::Failed && !stuck(role)) || retried_[role] ||
+        resolved(slots_[role]) || recoverable(slots_[role]))
       continue;
     retried_[role] = true;
     call(role);
@@ -231,8 +241,12 @@ Actions Race::poll(double now) {
       if (state_[role] == Call::Pending) actions.cancel.push_back(role);
     return actions;
   }
-  for (int role = 0; role < code_.num_workers; ++role)
-    if (state_[role] == Call::Pending && deadline_[role] > now_) actions.wakeup = std::min(actions.wakeup, deadline_[role]);
+  for (int role = 0; role < code_.num_workers; ++role) {
+    if (state_[role] != Call::Pending) continue;
+    if (deadline_[role] > now_) actions.wakeup = std::min(actions.wakeup, deadline_[role]);
+    if (deadline_s_ > 0 && sent_at_[role] + deadline_s_ > now_)
+      actions.wakeup = std::min(actions.wakeup, sent_at_[role] + deadline_s_);
+  }
   if (!open_) actions.wakeup = std::min(actions.wakeup, timeout_);
   return actions;
 }

@@ -72,8 +72,11 @@ struct Actions {
 // deadline: a hedge) and the coded roles are skipped; otherwise the copies and the coded roles are called.
 // A query is answered by its original as soon as that arrives. The group is decoded once
 // every role has answered, failed or passed its deadline and at least min_available answered
-// (deadline 0 is ParM's pure race). An original that failed is called once more when no other
-// role can answer its query and the group cannot decode it. Queries unanswered at the timeout get an error.
+// (deadline 0 is ParM's pure race). An original that failed, or whose call is stuck (sent a
+// deadline ago and unanswered), is called once more when no other role can answer its query and
+// the group cannot decode it without calls that failed or are stuck too (both originals on a
+// worker that died, say); a stuck call is hedged: it may still answer, and whichever answers
+// first counts. Queries unanswered at the timeout get an error.
 class Race {
  public:
   Race(CodeShape code, double deadline_s, double timeout_s, double now);
@@ -97,6 +100,7 @@ class Race {
   Actions poll(double now);
 
   Call state(int role) const { return state_[role]; }
+  int calls(int role) const { return calls_[role]; }  // calls of the role in flight: 2 while one hedges another
   bool available(int role) const { return available_[role]; }
   bool all_resolved() const;
   const std::vector<bool>& decode_mask() const { return decode_mask_; }  // role r's row is usable iff [r]
@@ -114,7 +118,8 @@ class Race {
   bool all_originals() const;
   bool needs_decode() const;
   bool wants_reserves() const;
-  bool recoverable(int query) const;  // a role may still answer it, or the group may still decode
+  bool stuck(int role) const;
+  bool recoverable(int query) const;  // a role not stuck may still answer it, or the group may still decode
   void call(int role);
   std::string failure_message() const;
 
@@ -127,6 +132,8 @@ class Race {
   std::vector<int> slots_;  // query of each slot, -1 while open and free
   std::vector<Call> state_;
   std::vector<double> deadline_;
+  std::vector<double> sent_at_;  // when the role's latest call left the scheduler's queue
+  std::vector<int> calls_;
   std::vector<std::string> reasons_;
   std::vector<bool> available_;
   bool decoding_ = false;
@@ -158,7 +165,7 @@ struct Task {
   int role;
   int preferred;        // the worker it goes to when loads are equal
   bool forced = false;  // a reserve: called whatever the breaker says
-  bool copy = false;    // a partial group's copy of a query: its worth is its own worker, so it never shares one
+  bool copy = false;    // a copy of a query (a partial group's, or a hedge of a stuck original): its worth is its own worker, so it never shares one
 };
 
 struct Assignment {

@@ -117,13 +117,14 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
     for (const auto& [query, message] : actions.errors) fail(g, query, message, out);
     bool again = false;
     for (int role : actions.call) {
-      if (g.worker_of[role] >= 0) {  // a retry: the worker that failed it counts the miss now, finish() sees the retry
+      const bool hedge = g.race.calls(role) > 1;  // the role's stuck call still runs: this one goes elsewhere
+      if (g.worker_of[role] >= 0) {  // a retry: the worker that missed it counts the miss now, finish() sees the retry
         health_.missed(g.worker_of[role], now);
-        g.counts.failed_workers.push_back(g.worker_of[role]);
+        (hedge ? g.counts.late_workers : g.counts.failed_workers).push_back(g.worker_of[role]);
         g.worker_of[role] = -1;
       }
       if (code_.is_original(role) || config_.encoder != Encoder::Model || g.encoded) {
-        const bool copy = code_.is_original(role) && g.race.slot_query(role) != role;
+        const bool copy = code_.is_original(role) && (hedge || g.race.slot_query(role) != role);
         dispatcher_.push({g.id, role, placement_.preferred(g.id, role, g.turn), g.held_back[role], copy});
       } else if (!g.encoder_error.empty()) {
         g.race.on_failure(role, g.encoder_error);

@@ -175,6 +175,20 @@ def test_a_query_neither_copy_nor_code_can_recover_is_retried_on_the_other_membe
             np.testing.assert_allclose(result.outputs, onnx_logits("lenet5", images[start:start + 2]), atol=1e-5)
 
 
+def test_a_query_neither_copy_nor_code_can_recover_while_its_member_hangs_is_hedged(server, inject_faults, images):
+    """Data member 1 hangs and the parity member errors: the query member 1 holds goes once more to
+    member 0 when its call is stuck past the deadline, rather than waiting for the hang."""
+    batch = images[:2]
+    delay_ms = max(1000.0, 50 * float(np.quantile(healthy_latency_ms(server.config.http_url, batch), 0.9)))
+    inject_faults(MEMBERS[1], FaultInjection(delay_ms=delay_ms))
+    inject_faults(MEMBERS[2], FaultInjection(error_probability=1.0))
+    with ModelClient(server.config.http_url, ENSEMBLE) as client:
+        result = client.infer(batch)
+    assert result.latency_ms < delay_ms / 2
+    assert not result.reconstructed.any()
+    np.testing.assert_allclose(result.outputs, onnx_logits("lenet5", batch), atol=1e-5)
+
+
 @pytest.mark.parametrize("model", [
     "lenet5", "lenet5_parm_encoder", "lenet5_parm_decoder", *MEMBERS,
 ])

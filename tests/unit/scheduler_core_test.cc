@@ -279,6 +279,42 @@ TEST(a_failed_original_is_not_retried_while_the_code_can_still_recover_it) {
   CHECK((queries_of(race.on_decoded()) == std::vector<int>{1}));
 }
 
+TEST(a_stuck_original_nothing_else_can_stand_in_for_is_hedged_once) {
+  // both originals on a worker that stopped answering; the parity answered
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
+  race.poll(0);
+  for (int role : {0, 1, 2}) race.on_sent(role, 0);
+  race.on_answer(2, true);
+  Actions waiting = race.poll(0.005);
+  CHECK(waiting.call.empty() && waiting.wakeup == 0.01);
+  // one hedge is enough: its answer and the parity decode the other query
+  Actions hedge = race.poll(0.01);
+  CHECK((hedge.call == std::vector<int>{0}) && race.calls(0) == 2);
+  race.on_sent(0, 0.01);
+  race.on_failure(0, "member_0: the stuck call failed");  // the hedge still runs
+  CHECK(race.state(0) == Call::Pending && race.calls(0) == 1);
+  CHECK((queries_of(race.on_answer(0, true)) == std::vector<int>{0}));
+  Actions decode = race.poll(0.012);
+  CHECK(decode.decode && (race.decode_mask() == std::vector<bool>{true, false, true}));
+  CHECK(race.poll(0.03).call.empty());  // once per role
+}
+
+TEST(a_stuck_original_is_not_hedged_while_a_call_sent_later_may_still_stand_in) {
+  Race race = group_of(kParm, 2, 0.01, 1.0, 0);
+  race.poll(0);
+  race.on_sent(0, 0);
+  race.on_sent(1, 0);
+  race.on_answer(1, true);
+  race.on_sent(2, 0.011);  // the parity waited in the queue: late for the decode, not stuck
+  CHECK(race.poll(0.015).call.empty());
+  CHECK((race.poll(0.021).call == std::vector<int>{0}));  // the parity is stuck too
+  Race pure = group_of(kParm, 2, 0.0, 1.0, 0);  // ParM's pure race has no deadline to be stuck past
+  pure.poll(0);
+  for (int role : {0, 1, 2}) pure.on_sent(role, 0);
+  pure.on_answer(1, true);
+  CHECK(pure.poll(0.5).call.empty());
+}
+
 // A dispatcher over kParm's three workers (one call in flight each, batches of up to 8), with its own
 // health and lists of held-back and unplaceable tasks; it sets placement_under_test, which task() reads.
 struct Queue {
