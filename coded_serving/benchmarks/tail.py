@@ -550,17 +550,27 @@ def sweep_find(run: SweepRun, system: str, condition: str, load: float) -> Scena
     return None
 
 
+def best_hedged(run: SweepRun, condition: str, load: float) -> ScenarioResult | None:
+    """The hedged run with the lowest p99.9 at that point: the sweep's own, and where the hedge delay was
+    tuned (the same condition and load) every tuned delay too, so a coded system is held to the best
+    hedged configuration this run measured, not to one noisy run of it."""
+    found = [sweep_find(run, HEDGED, condition, load)]
+    if condition == INTERMITTENT and abs(run.settings.hedge_tuning_load - load) < 0.011:
+        found += run.hedge_tuning
+    return min((r for r in found if r), key=lambda r: r.p999_ms, default=None)
+
+
 def sweep_goals(run: SweepRun) -> list[Goal]:
     """The issue's goals, for each coded topology, from this run's own numbers."""
     found = []
     for coded in CODED_SYSTEMS:
         name = SWEEP_NAMES[coded]
         for condition in run.settings.conditions:
-            c, er, hedged = (sweep_find(run, system, condition, SWEEP_GOAL_LOAD)
-                             for system in (coded, EQUAL_RESOURCES, HEDGED))
+            c, er = (sweep_find(run, system, condition, SWEEP_GOAL_LOAD) for system in (coded, EQUAL_RESOURCES))
+            hedged = best_hedged(run, condition, SWEEP_GOAL_LOAD)
             if c and hedged:
                 ratio = c.p999_ms / hedged.p999_ms
-                found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / hedged p99.9",
+                found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / best hedged p99.9",
                                   f"{ratio:.2f} ({c.p999_ms:.1f} / {hedged.p999_ms:.1f} ms)",
                                   f"<= {SWEEP_GOAL_VS_HEDGED}", ratio <= SWEEP_GOAL_VS_HEDGED))
             if c and er:
