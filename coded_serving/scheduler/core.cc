@@ -183,10 +183,11 @@ bool Race::stuck(int role) const {
   return state_[role] == Call::Pending && deadline_s_ > 0 && now_ >= sent_at_[role] + deadline_s_;
 }
 
-bool Race::recoverable(int query) const {
+bool Race::recoverable(int query, bool stuck_originals_lost) const {
   int possible = 0;
   for (int role = 0; role < code_.num_workers; ++role) {
-    const bool open = (state_[role] == Call::Pending && !stuck(role)) || state_[role] == Call::Reserved;
+    const bool lost = stuck_originals_lost && code_.is_original(role) && stuck(role);
+    const bool open = (state_[role] == Call::Pending && !lost) || state_[role] == Call::Reserved;
     if (open && code_.is_original(role) && slots_[role] == query) return true;
     possible += available_[role] || open;
   }
@@ -215,9 +216,12 @@ Actions Race::poll(double now) {
     timeout_ = std::max(timeout_, now_ + deadline_s_);
   }
   // A member's error or hang must not cost a query nothing else can recover: its original goes out once more.
+  // A failed one when no pending call can recover it; a stuck one when only other stuck originals could
+  // (they may sit on the same dead worker; a late coded call is only late: it never shares their worker).
   for (int role = 0; role < code_.num_workers && !open_ && !decoding_; ++role) {
-    if (!code_.is_original(role) || (state_[role] != Call::Failed && !stuck(role)) || retried_[role] ||
-        resolved(slots_[role]) || recoverable(slots_[role]))
+    const bool failed = state_[role] == Call::Failed;
+    if (!code_.is_original(role) || (!failed && !stuck(role)) || retried_[role] || resolved(slots_[role]) ||
+        recoverable(slots_[role], !failed))
       continue;
     retried_[role] = true;
     call(role);

@@ -72,10 +72,10 @@ struct Actions {
 // deadline: a hedge) and the coded roles are skipped; otherwise the copies and the coded roles are called.
 // A query is answered by its original as soon as that arrives. The group is decoded once
 // every role has answered, failed or passed its deadline and at least min_available answered
-// (deadline 0 is ParM's pure race). An original that failed, or whose call is stuck (sent a
-// deadline ago and unanswered), is called once more when no other role can answer its query and
-// the group cannot decode it without calls that failed or are stuck too (both originals on a
-// worker that died, say); a stuck call is hedged: it may still answer, and whichever answers
+// (deadline 0 is ParM's pure race). An original that failed is called once more when no other
+// role can answer its query and the group cannot decode it. One whose call is stuck (sent a deadline
+// ago and unanswered) is hedged the same way when only other stuck originals could stand in for it
+// (both originals on a worker that died, say): the stuck call may still answer, and whichever answers
 // first counts. Queries unanswered at the timeout get an error.
 class Race {
  public:
@@ -119,7 +119,8 @@ class Race {
   bool needs_decode() const;
   bool wants_reserves() const;
   bool stuck(int role) const;
-  bool recoverable(int query) const;  // a role not stuck may still answer it, or the group may still decode
+  // a pending role may still answer it, or the group may still decode (stuck originals aside, if so asked)
+  bool recoverable(int query, bool stuck_originals_lost) const;
   void call(int role);
   std::string failure_message() const;
 

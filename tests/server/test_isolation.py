@@ -176,8 +176,9 @@ def test_adversarial_clients_fail_alone_and_count_against_no_member(server, pati
 
 def test_hung_member_at_20_per_second_loses_nothing_and_keeps_threads_and_memory_bounded(tmp_path, images):
     """Member 0 sleeps an hour in every execute. 20 req/s for 25 s, batches of 1..4: every request is
-    answered within timeout_ms (decoded, or a lone query's copy), and the server's threads and
-    memory stop growing once the breaker has suspended the member."""
+    answered within timeout_ms (decoded, or by a copy on the other data member: a lone query's, or a
+    hedge when that member's first, cold call is late too), and the server's threads and memory stop
+    growing once the breaker has suspended the member."""
     repository = hung_member_repository(tmp_path, MEMBERS[0])
     config = ServerConfig(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with TritonServer(config, tmp_path / "server.log") as server:
@@ -185,7 +186,6 @@ def test_hung_member_at_20_per_second_loses_nothing_and_keeps_threads_and_memory
     assert not result.errors, result.errors[:3]
     assert result.answered == result.sent == 500
     assert max(result.latencies_ms) < timeout_ms(), max(result.latencies_ms)
-    assert result.reconstructed_requests > 0
     # bounded: past the first 5 s, no growth beyond a few threads and 10% of memory
     settled = [s for s in result.samples if s[0] >= 5]
     assert len(settled) >= 15

@@ -401,9 +401,13 @@ def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
 def test_quick_sweep_runs_every_system_against_a_killed_worker(tmp_path):
     """A smoke of the sweep (``loadtest/benchmark.py --sweep --quick``): seconds per run, one condition."""
     s = SweepSettings(loads=(0.3,), conditions=(KILLED_WORKER,), hedge_delays_ms=(10.0,), duration_s=3.0,
-                      warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5, users=16, capacity_users=16)
+                      goal_duration_s=4.0, warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5, users=16,
+                      capacity_users=16)
     run = run_sweep(s, DEPLOYED_ONNX, PARITY_ONNX, LOCUSTFILE, tmp_path, progress=lambda line: None)
     assert run.capacity.throughput_rps > 50 and run.hedge_ms == 10
+    # the hedge is tuned at the goals' load: a longer run there
+    assert [r.scenario.duration_s for r in run.hedge_tuning] == [4.0]
+    assert {r.scenario.duration_s for r in run.results} == {3.0}
     assert [r.scenario.system for r in run.results] == list(SWEEP_SYSTEMS)
     for r in run.results:
         assert r.requests > 20 and r.scenario.failure is not None

@@ -297,17 +297,26 @@ TEST(a_stuck_original_nothing_else_can_stand_in_for_is_hedged_once) {
   Actions decode = race.poll(0.012);
   CHECK(decode.decode && (race.decode_mask() == std::vector<bool>{true, false, true}));
   CHECK(race.poll(0.03).call.empty());  // once per role
+  // an original that failed waits for a stuck one (which may yet answer); the stuck one is hedged
+  Race failed = group_of(kParm, 2, 0.01, 1.0, 0);
+  failed.poll(0);
+  for (int role : {0, 1, 2}) failed.on_sent(role, 0);
+  failed.on_failure(0, "member_0: unloaded");
+  failed.on_answer(2, true);
+  CHECK((failed.poll(0.01).call == std::vector<int>{1}));
 }
 
-TEST(a_stuck_original_is_not_hedged_while_a_call_sent_later_may_still_stand_in) {
+TEST(a_stuck_original_is_not_hedged_while_the_parity_may_still_stand_in) {
   Race race = group_of(kParm, 2, 0.01, 1.0, 0);
   race.poll(0);
   race.on_sent(0, 0);
   race.on_sent(1, 0);
   race.on_answer(1, true);
-  race.on_sent(2, 0.011);  // the parity waited in the queue: late for the decode, not stuck
+  race.on_sent(2, 0.011);  // the parity waited in the queue
   CHECK(race.poll(0.015).call.empty());
-  CHECK((race.poll(0.021).call == std::vector<int>{0}));  // the parity is stuck too
+  CHECK(race.poll(0.03).call.empty());  // a late parity is only late: it never shares the original's worker
+  race.on_failure(2, "parity: error");
+  CHECK((race.poll(0.031).call == std::vector<int>{0}));
   Race pure = group_of(kParm, 2, 0.0, 1.0, 0);  // ParM's pure race has no deadline to be stuck past
   pure.poll(0);
   for (int role : {0, 1, 2}) pure.on_sent(role, 0);
