@@ -426,8 +426,8 @@ class SweepSettings:
     hedge_delays_ms: tuple[float, ...] = (8.0, 12.0, 20.0)
     hedge_tuning_load: float = 0.6
     duration_s: float = 6.0
-    #: runs at the goals' load (the hedge tuning included) last longer: the p99.9 the goals compare is then
-    #: the slowest few dozen requests, not the slowest handful
+    #: runs at the goals' load (the hedge tuning included) last longer, so that the p99.9 the goals compare
+    #: rests on more than the slowest handful of requests
     goal_duration_s: float = 18.0
     warmup_s: float = 1.0
     capacity_duration_s: float = 5.0

@@ -248,8 +248,8 @@ Actions Race::poll(double now) {
   for (int role = 0; role < code_.num_workers; ++role) {
     if (state_[role] != Call::Pending) continue;
     if (deadline_[role] > now_) actions.wakeup = std::min(actions.wakeup, deadline_[role]);
-    if (deadline_s_ > 0 && sent_at_[role] + deadline_s_ > now_)
-      actions.wakeup = std::min(actions.wakeup, sent_at_[role] + deadline_s_);
+    if (code_.is_original(role) && deadline_s_ > 0 && sent_at_[role] + deadline_s_ > now_)
+      actions.wakeup = std::min(actions.wakeup, sent_at_[role] + deadline_s_);  // when it may be stuck
   }
   if (!open_) actions.wakeup = std::min(actions.wakeup, timeout_);
   return actions;
