@@ -488,6 +488,11 @@ def load_of(result: ScenarioResult, capacity_rps: float) -> float:
     return round(result.scenario.rate_rps / capacity_rps, 2)
 
 
+def same_load(a: float, b: float) -> bool:
+    """Loads as fractions of capacity, equal to the percent (a measured rate rounds)."""
+    return abs(a - b) < 0.011
+
+
 def parm_accuracies(k: int, path: Path = DEFAULT_MODELS_JSON) -> tuple[float, float] | None:
     """(available, degraded) test accuracy of lenet5_parm from the training report, if it has this k."""
     import json
@@ -535,7 +540,7 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
         capacity = run(capacity_scenario(s), "capacity")
         capacity_rps = capacity.throughput_rps  # requests/s
         rate = lambda load: round(load * capacity_rps, 1)  # noqa: E731
-        duration = lambda load: s.goal_duration_s if abs(load - SWEEP_GOAL_LOAD) < 0.011 else s.duration_s  # noqa: E731
+        duration = lambda load: s.goal_duration_s if same_load(load, SWEEP_GOAL_LOAD) else s.duration_s  # noqa: E731
         tuning = [run(replace(sweep_scenario(HEDGED, INTERMITTENT, rate(s.hedge_tuning_load), s, hedge),
                               condition=HEDGE_TUNING, hedge_ms=hedge, duration_s=duration(s.hedge_tuning_load)),
                       "hedge tuning")
@@ -550,7 +555,7 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
 def sweep_find(run: SweepRun, system: str, condition: str, load: float) -> ScenarioResult | None:
     for r in run.results:
         if (r.scenario.system, r.scenario.condition) == (system, condition) and \
-                abs(load_of(r, run.capacity.throughput_rps) - load) < 0.011:
+                same_load(load_of(r, run.capacity.throughput_rps), load):
             return r
     return None
 
@@ -560,7 +565,7 @@ def best_hedged(run: SweepRun, condition: str, load: float) -> ScenarioResult | 
     tuned (the same condition and load) every tuned delay too, so a coded system is held to the best
     hedged configuration this run measured, not to one noisy run of it."""
     found = [sweep_find(run, HEDGED, condition, load)]
-    if condition == INTERMITTENT and abs(run.settings.hedge_tuning_load - load) < 0.011:
+    if condition == INTERMITTENT and same_load(run.settings.hedge_tuning_load, load):
         found += run.hedge_tuning
     return min((r for r in found if r), key=lambda r: r.p999_ms, default=None)
 
@@ -682,7 +687,8 @@ def sweep_findings(run: SweepRun) -> list[str]:
     capacity = run.capacity.throughput_rps
     for condition in run.settings.conditions:
         for load in run.settings.loads:
-            rows = [r for r in run.results if r.scenario.condition == condition and abs(load_of(r, capacity) - load) < 0.011]
+            rows = [r for r in run.results
+                    if r.scenario.condition == condition and same_load(load_of(r, capacity), load)]
             if not rows:
                 continue
             best = min(rows, key=lambda r: r.p999_ms)
