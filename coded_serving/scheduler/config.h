@@ -47,7 +47,7 @@ struct EnsembleConfig {
   double deadline_percentile = 95;
   double deadline_margin = 1.5;
   int deadline_window = 200;
-  double group_close_s = 0.002;  // how long a group waits for its k queries
+  double group_close_s = 0.002;  // how long a group waits for its k queries, from its first call
   bool copy_when_idle = false;   // a lone query's copy goes out at close if a worker idles
   int calls_per_worker = 1;      // member calls in flight per worker (late binding)
   bool pin_roles = false;        // data role i only on member i: which queries a lost member costs is known

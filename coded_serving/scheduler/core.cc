@@ -68,6 +68,20 @@ void Race::close(double now, bool copies_now) {
   }
 }
 
+bool Race::may_join(bool same_execute) const { return open_ && (same_execute || !original_queued()); }
+
+bool Race::original_queued() const {
+  for (int role = 0; role < num_queries_ && code_.systematic; ++role)
+    if (state_[role] == Call::Pending && sent_at_[role] == std::numeric_limits<double>::infinity()) return true;
+  return false;
+}
+
+double Race::first_sent() const {
+  double first = std::numeric_limits<double>::infinity();
+  for (int role = 0; role < num_queries_ && code_.systematic; ++role) first = std::min(first, sent_at_[role]);
+  return first;
+}
+
 void Race::call(int role) {
   state_[role] = Call::Pending;
   deadline_[role] = now_ + deadline_s_;

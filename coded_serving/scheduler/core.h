@@ -87,6 +87,12 @@ class Race {
   int num_queries() const { return num_queries_; }
   int slot_query(int slot) const { return slots_[slot]; }
   int padded_slots() const { return open_ ? 0 : code_.k - num_queries_; }
+  // A new query may join while the group is open, unless one of its originals still waits in the
+  // scheduler's queue (rows of one execute excepted): queries that wait together leave together, in
+  // one call to one worker, and two originals of one group must not share a worker.
+  bool may_join(bool same_execute) const;
+  bool original_queued() const;  // called, but not yet left the scheduler's queue
+  double first_sent() const;  // when the first original left the queue; infinity before
 
   // The role's call left the scheduler's queue: its deadline counts from now, unless it already
   // passed in the queue (time a task waits for a free worker is not its member's lateness).

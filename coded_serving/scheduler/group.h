@@ -40,6 +40,7 @@ struct Group {
   const uint64_t id;
   const EnsembleConfig& config;
   int turn = 0;  // Placement::preferred's turn
+  uint64_t submit = 0;  // the scheduler's submit that last added a query
   Race race;
   std::vector<Query> queries;
   std::vector<SharedResponse> results;     // per role, kept for decoding

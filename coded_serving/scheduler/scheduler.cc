@@ -1,5 +1,6 @@
 #include "scheduler.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "fastpath.h"
@@ -57,11 +58,14 @@ void Scheduler::run(Step step) {
 void Scheduler::submit(const std::vector<std::shared_ptr<ClientRequest>>& clients) {
   run([&](Outbox& out) {
     const double now = now_s();
+    const uint64_t submit = ++submits_;
     int remaining = 0;
     for (const auto& client : clients) remaining += client->num_queries;
     for (const auto& client : clients) {
       for (int row = 0; row < client->num_queries; ++row, --remaining) {
-        std::shared_ptr<Group> group = open_ ? open_ : open_group(now, remaining >= config_.k ? 0 : lone_turn_++);
+        std::shared_ptr<Group> group = joinable(submit);
+        if (!group) group = open_group(now, remaining >= config_.k ? 0 : lone_turn_++);
+        group->submit = submit;
         group->queries.push_back({client, row});
         group->race.add_query(now);
         if (group->race.num_queries() == config_.k) close(group, now);
@@ -69,30 +73,47 @@ void Scheduler::submit(const std::vector<std::shared_ptr<ClientRequest>>& client
       }
     }
     // without a bound, groups form within one execute only
-    if (config_.group_close_s <= 0 && open_) {
-      std::shared_ptr<Group> group = open_;
+    while (config_.group_close_s <= 0 && !open_.empty()) {
+      std::shared_ptr<Group> group = open_.front();
       close(group, now);
       drive(group, out);
     }
   });
 }
 
+// The oldest open group a query of this submit may join (Race::may_join); rows of one execute fill
+// a group together, so a batch forms full groups.
+std::shared_ptr<Group> Scheduler::joinable(uint64_t submit) const {
+  for (const auto& group : open_)
+    if (group->race.may_join(group->submit == submit)) return group;
+  return nullptr;
+}
+
 std::shared_ptr<Group> Scheduler::open_group(double now, int turn) {
   auto group = std::make_shared<Group>(next_id_++, config_, Race(code_, deadline_.deadline(), config_.timeout_s, now));
   group->turn = turn;
   groups_[group->id] = group;
-  open_ = group;
-  if (config_.group_close_s > 0) {
-    model_.timer.at(now + config_.group_close_s, [this, id = group->id] {
-      run([&](Outbox& out) {
-        if (!open_ || open_->id != id) return;
-        std::shared_ptr<Group> expired = open_;
-        close(expired, now_s());
-        drive(expired, out);
-      });
-    });
-  }
+  open_.push_back(group);
+  if (config_.group_close_s > 0) close_when_due(group->id, now + config_.group_close_s);
   return group;
+}
+
+// A partial group closes group_close_s after its first original left the queue: the bound is how
+// long the parity may lag the work it protects, and time a query waits for a busy worker is not that.
+void Scheduler::close_when_due(uint64_t id, double when) {
+  model_.timer.at(when, [this, id] {
+    run([&](Outbox& out) {
+      std::shared_ptr<Group> group = find(id);
+      if (!group || !group->race.is_open()) return;
+      const double now = now_s(), sent = group->race.first_sent();
+      if (sent == std::numeric_limits<double>::infinity() && group->race.original_queued())
+        return close_when_due(id, now + config_.group_close_s);
+      if (sent != std::numeric_limits<double>::infinity() && now < sent + config_.group_close_s)
+        return close_when_due(id, sent + config_.group_close_s);
+      close(group, now);
+      drive(group, out);
+    });
+  });
 }
 
 void Scheduler::close(const std::shared_ptr<Group>& group, double now) {
@@ -103,7 +124,7 @@ void Scheduler::close(const std::shared_ptr<Group>& group, double now) {
       config_.copy_when_idle && queries < config_.k && dispatcher_.spare_worker_for(group->id, queries, now);
   group->race.close(now, copies_now);
   if (config_.encoder == Encoder::Sum) group->encode_by_sum();
-  if (open_ == group) open_.reset();
+  open_.erase(std::remove(open_.begin(), open_.end(), group), open_.end());
 }
 
 void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
@@ -111,7 +132,7 @@ void Scheduler::drive(const std::shared_ptr<Group>& group, Outbox& out) {
   while (!g.finished) {
     const double now = now_s();
     // an open group whose queries are all answered has nothing left to protect
-    if (open_ == group && g.race.all_resolved()) close(group, now);
+    if (g.race.is_open() && g.race.all_resolved()) close(group, now);
     Actions actions = g.race.poll(now);
     if (g.race.needs_coded(now)) dispatcher_.promote(g.id);
     for (const auto& [query, message] : actions.errors) fail(g, query, message, out);

@@ -4,6 +4,7 @@
 // Triton that may block or call back are made outside it.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,8 +35,9 @@ struct MemberCall {
 class Scheduler {
  public:
   explicit Scheduler(ModelState& model);
-  // Each query joins the open group; its original goes out at once. The open group closes on
-  // its k-th query, when all its queries are answered, or group_close_s after it opened.
+  // Each query joins the oldest open group it may (Race::may_join), or opens one; its original goes
+  // out at once. A group closes on its k-th query, when all its queries are answered, or
+  // group_close_s after its first original left the queue.
   void submit(const std::vector<std::shared_ptr<ClientRequest>>& clients);
 
  private:
@@ -57,7 +59,9 @@ class Scheduler {
   void run(Step step);
   void flush(Outbox& out);
 
+  std::shared_ptr<Group> joinable(uint64_t submit) const;
   std::shared_ptr<Group> open_group(double now, int turn);
+  void close_when_due(uint64_t group, double when);
   void close(const std::shared_ptr<Group>& group, double now);
   void drive(const std::shared_ptr<Group>& group, Outbox& out);
   void settle(Outbox& out);
@@ -88,8 +92,9 @@ class Scheduler {
   Dispatcher dispatcher_;
   AdaptiveDeadline deadline_;
   std::map<uint64_t, std::shared_ptr<Group>> groups_;  // open or racing
-  std::shared_ptr<Group> open_;  // the group new queries join
+  std::deque<std::shared_ptr<Group>> open_;  // groups new queries may join, oldest first
   uint64_t next_id_ = 0;
+  uint64_t submits_ = 0;
   int lone_turn_ = 0;  // turns of the groups that may stay partial
 };
 

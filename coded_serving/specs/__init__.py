@@ -77,8 +77,10 @@ class CodedEnsembleSpec:
     features, turned into ``output`` by the decoder model); ``files`` are copied next to the
     decoder's config for the code to read (e.g. a head's weights).
 
-    Coding groups form as queries stream in: a group closes on its k-th query, once all its queries
-    are answered, or ``group_close_us`` after it opened; a partial group is padded with copies of its
+    Coding groups form as queries stream in: a query joins the oldest open group none of whose
+    originals still waits for a free worker (queries that wait together leave in one call, where two
+    originals of a group may not go); a group closes on its k-th query, once all its queries are
+    answered, or ``group_close_us`` after its first original left the queue; a partial group is padded with copies of its
     own queries, and a lone query's copy is held in reserve and sent when its original errors or
     passes the deadline, or at once when a worker idles and another stays free for the next query
     (``copy_when_idle``). With ``deadline_min_ms`` the deadline adapts: ``deadline_percentile`` of the members' last ``deadline_window`` call

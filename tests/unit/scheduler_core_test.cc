@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -87,6 +88,20 @@ TEST(group_spanning_executes_calls_originals_at_once_and_parity_on_the_kth_query
   std::vector<Fill> fills = race.on_decoded();
   CHECK(fills.size() == 1 && fills[0].query == 1 && fills[0].reconstructed);
   CHECK(race.poll(0.012).finished);
+}
+
+TEST(an_open_group_takes_no_new_query_while_one_of_its_originals_waits_for_a_worker) {
+  const double never = std::numeric_limits<double>::infinity();
+  Race race(kParm, 0.01, 1.0, 0);
+  race.add_query(0);
+  race.poll(0);  // every worker busy: original 0 waits in the queue
+  CHECK(race.original_queued() && race.first_sent() == never);
+  CHECK(race.may_join(true) && !race.may_join(false));  // rows of the same execute still fill it
+  race.on_sent(0, 0.003);
+  CHECK(!race.original_queued() && race.first_sent() == 0.003 && race.may_join(false));
+  race.add_query(0.004);
+  race.close(0.004, false);
+  CHECK(!race.may_join(true));
 }
 
 TEST(group_closed_after_the_bound_hedges_its_lone_query) {
