@@ -346,13 +346,14 @@ bool Dispatcher::free_peer(const Task& task, int except, double now) const {
 std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_back, std::vector<Task>& unplaceable) {
   std::vector<Assignment> assignments;
   const int workers = placement_.code.num_workers;
-  // Originals and the coded tasks of promoted groups before other coded tasks (each in arrival
-  // order): an original answers its query by itself, a coded task matters only once an original
-  // is late, so where they compete for a worker (every-worker placement) redundancy spends idle
-  // capacity until a group needs it.
-  std::stable_partition(queue_.begin(), queue_.end(), [&](const Task& t) {
-    return placement_.code.is_original(t.role) || promoted_.count(t.group);
-  });
+  // Originals and the redundancy of promoted groups before other redundancy, coded tasks and
+  // copies padding a partial group (each in arrival order): an original answers its query by
+  // itself, redundancy matters only once an original is late, so where they compete for a worker
+  // (every-worker placement) redundancy spends idle capacity until a group needs it.
+  auto needed = [&](const Task& t) {
+    return (placement_.code.is_original(t.role) && !t.copy) || promoted_.count(t.group) > 0;
+  };
+  std::stable_partition(queue_.begin(), queue_.end(), needed);
   for (auto it = queue_.begin(); it != queue_.end();) {
     std::vector<int> options = candidates(*it, now);
     if (options.empty() && runs_its_group(*it)) {  // that worker answers or fails soon: wait for it
@@ -367,9 +368,7 @@ std::vector<Assignment> Dispatcher::next(double now, std::vector<Task>& held_bac
       continue;
     }
     // Redundancy nobody waits for yet takes a worker that serves originals only if another stays free.
-    const bool optional =
-        placement_.code.systematic && !placement_.code.is_original(it->role) && !promoted_.count(it->group);
-    const bool spare = !optional || free_for_originals(now) >= 2;
+    const bool spare = !placement_.code.systematic || needed(*it) || free_for_originals(now) >= 2;
     const int start = it->preferred;
     std::sort(options.begin(), options.end(), [&](int a, int b) {
       if (in_flight_[a] != in_flight_[b]) return in_flight_[a] < in_flight_[b];

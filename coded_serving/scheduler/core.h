@@ -205,7 +205,7 @@ class Dispatcher {
   void answered(uint64_t group, int worker) { mark(group, worker, Mark::Free); }
   // The worker failed one of the group's tasks: none of the group's other tasks goes there.
   void failed(uint64_t group, int worker) { mark(group, worker, Mark::Failed); }
-  // The group's coded tasks leave the queue with the originals from now on (see next()).
+  // The group's redundancy (coded tasks, copies) leaves the queue with the originals from now on (see next()).
   void promote(uint64_t group) { promoted_.insert(group); }
   void forget(uint64_t group);  // drops its queued tasks
   // A worker idles that may take the group's role, and another stays idle for the next query's

@@ -493,6 +493,21 @@ TEST(unneeded_redundancy_leaves_a_worker_free_for_the_next_query) {
   CHECK(dedicated.next(0).size() == 3);  // a parity worker serves no originals
 }
 
+TEST(a_copy_padding_a_partial_group_waits_like_a_parity_until_the_group_needs_it) {
+  Queue q(Placement{kParm, true});
+  Dispatcher& dispatcher = q.dispatcher;
+  dispatcher.push(task(1, 0));
+  dispatcher.push(task(2, 0));
+  CHECK(q.next(0).size() == 2);  // one worker left free
+  Task copy = task(1, 1);
+  copy.copy = true;
+  dispatcher.push(copy);
+  CHECK(q.next(0).empty());  // the copy would take the last free worker
+  dispatcher.promote(1);     // group 1's original is late: now its copy is what may answer it
+  std::vector<Assignment> then = q.next(0);
+  CHECK(then.size() == 1 && then[0].tasks[0].group == 1 && then[0].tasks[0].copy);
+}
+
 TEST(a_promoted_groups_coded_task_goes_with_the_originals) {
   Queue q(Placement{kParm, true});
   Dispatcher& dispatcher = q.dispatcher;
