@@ -397,6 +397,8 @@ INTERMITTENT = "intermittently slow worker"
 PERSISTENT = "persistently slow worker"
 KILLED_WORKER = "killed worker"
 SWEEP_CONDITIONS = (INTERMITTENT, PERSISTENT, KILLED_WORKER)
+#: every worker healthy, at the goals' load: the floor this machine puts under every p99.9 of the sweep
+NO_FAULT = "no fault"
 CAPACITY = "capacity (closed loop, healthy)"
 HEDGE_TUNING = "hedge delay tuning"
 #: accuracy of lenet5_parm on the Fashion-MNIST test set (reports/default_models.json): available, degraded
@@ -509,6 +511,7 @@ class SweepRun:
     hedge_tuning: list[ScenarioResult]
     hedge_ms: float
     results: list[ScenarioResult]
+    no_fault: list[ScenarioResult] = field(default_factory=list)
 
     @property
     def capacity_rps(self) -> float:
@@ -549,7 +552,9 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
         scenarios = [replace(sweep_scenario(system, condition, rate(load), s, hedge_ms), duration_s=duration(load))
                      for condition in s.conditions for load in s.loads for system in s.systems]
         results = [run(scenario, f"[{n}/{len(scenarios)}]") for n, scenario in enumerate(scenarios, 1)]
-    return SweepRun(s, capacity, tuning, hedge_ms, results)
+        no_fault = [run(replace(sweep_scenario(system, NO_FAULT, rate(SWEEP_GOAL_LOAD), s, hedge_ms),
+                                duration_s=s.goal_duration_s), NO_FAULT) for system in s.systems]
+    return SweepRun(s, capacity, tuning, hedge_ms, results, no_fault)
 
 
 def sweep_find(run: SweepRun, system: str, condition: str, load: float) -> ScenarioResult | None:
@@ -624,6 +629,26 @@ def sweep_table(run: SweepRun, accuracy: tuple[float, float] | None) -> str:
             f"| {'-' if impact is None else f'-{impact:.2%}'} | {r.errors} "
             f"| {_pct(r.hedged_fraction) if s.hedge_ms else '-'} | {r.send_lag_p99_ms:.1f} |")
     return "\n".join(rows)
+
+
+def no_fault_section(run: SweepRun) -> list[str]:
+    """Every system with no fault at the goals' load, and the p99.9 goals this floor puts out of reach."""
+    if not run.no_fault:
+        return []
+    rows = ["| system | median ms | p99 ms | p99.9 ms | extra work |", "|---|---|---|---|---|"]
+    rows += [f"| {SWEEP_NAMES[r.scenario.system]} | {r.median_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} "
+             f"| {'-' if r.extra_work is None else f'{r.extra_work:+.1%}'} |" for r in run.no_fault]
+    floor = min(r.p999_ms for r in run.no_fault)
+    lines = ["## No fault (the floor)", "",
+             f"Every worker healthy, {SWEEP_GOAL_LOAD:.0%} load, {run.settings.goal_duration_s:g} s per system: what "
+             f"this machine puts under every p99.9 above (lowest here {floor:.1f} ms). A p99.9 target below it is out "
+             "of any system's reach on this machine.", "", *rows]
+    for condition in run.settings.conditions:
+        er = sweep_find(run, EQUAL_RESOURCES, condition, SWEEP_GOAL_LOAD)
+        if er and SWEEP_GOAL_VS_ER * er.p999_ms < floor:
+            lines += ["", f"- {condition}: p99.9 <= {SWEEP_GOAL_VS_ER} x Equal-Resources' {er.p999_ms:.1f} ms asks for "
+                          f"{SWEEP_GOAL_VS_ER * er.p999_ms:.1f} ms, below the floor."]
+    return lines + [""]
 
 
 def _colours(plt) -> dict[str, str]:
@@ -799,6 +824,7 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         "",
         goals_table(sweep_goals(run)),
         "",
+        *no_fault_section(run),
         "## Where coding wins (from the figures below)",
         "",
         *sweep_findings(run),

@@ -297,8 +297,9 @@ def test_benchmark_scenarios_make_one_member_slow_the_same_way_everywhere():
 
 from coded_serving.benchmarks.load import CODED_EVERY_WORKER, member_models, sweep_repository_spec  # noqa: E402
 from coded_serving.benchmarks.tail import (  # noqa: E402
-    CAPACITY, HEDGED, HEDGE_TUNING, INTERMITTENT, KILLED_WORKER, PERSISTENT, SWEEP_SYSTEMS, SweepRun, SweepSettings,
-    best_hedge, run_sweep, sweep_faults, sweep_failure, sweep_goals, sweep_scenario, write_sweep_report,
+    CAPACITY, HEDGED, HEDGE_TUNING, INTERMITTENT, KILLED_WORKER, NO_FAULT, PERSISTENT, SWEEP_SYSTEMS, SweepRun,
+    SweepSettings, best_hedge, run_sweep, sweep_faults, sweep_failure, sweep_goals, sweep_scenario,
+    write_sweep_report,
 )
 from coded_serving.specs import CodedEnsembleSpec  # noqa: E402
 
@@ -365,7 +366,8 @@ def synthetic_sweep() -> SweepRun:
     results = [result(system, condition, load, 7 if system in (EQUAL_RESOURCES, HEDGED) else 8, tails[system],
                       12 if system == HEDGED else 0, extra.get(system, 0))
                for condition in s.conditions for load in s.loads for system in SWEEP_SYSTEMS]
-    return SweepRun(s, capacity, tuning, best_hedge(tuning), results)
+    no_fault = [result(system, NO_FAULT, 0.6, 7, 11) for system in SWEEP_SYSTEMS]
+    return SweepRun(s, capacity, tuning, best_hedge(tuning), results, no_fault)
 
 
 def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
@@ -387,6 +389,12 @@ def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
     assert "`.venv/bin/python loadtest/benchmark.py --sweep`" in text and "test machine" in text and "1.50 / 1.20" in text
     assert "- killed worker, 60% load: coding wins on p99.9 (coded, every worker" in text
     assert "| killed worker | 60% | 600 | coded, dedicated parity | 3000 |" in text and "| +50.0% | 1.0% | -0.10% |" in text
+    # no fault: the floor, and the Equal-Resources goals it puts out of reach (0.4 x 100 ms is above 11 ms)
+    assert "## No fault (the floor)" in text and "| Equal-Resources | " in text.split("## No fault")[1]
+    assert "below the floor" not in text
+    floor = replace(run, no_fault=[replace(r, p999_ms=50.0) for r in run.no_fault])
+    write_sweep_report(tmp_path / "floor.md", info, floor, tmp_path / "runs", accuracy=(0.9, 0.8))
+    assert "- killed worker: p99.9 <= 0.4 x Equal-Resources' " in (tmp_path / "floor.md").read_text()
     for plot in ("load_sweep_p999_vs_load.png", "load_sweep_p999_vs_extra_work.png"):
         assert f"]({plot})" in text and (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # k = 4: the tighter median goal, and no accuracy estimate from the shipped k = 2 parity model
@@ -408,6 +416,8 @@ def test_quick_sweep_runs_every_system_against_a_killed_worker(tmp_path):
     # the hedge is tuned at the goals' load: a longer run there
     assert [r.scenario.duration_s for r in run.hedge_tuning] == [4.0]
     assert {r.scenario.duration_s for r in run.results} == {3.0}
+    assert [(r.scenario.system, r.scenario.condition, r.scenario.duration_s) for r in run.no_fault] == \
+        [(system, NO_FAULT, 4.0) for system in SWEEP_SYSTEMS]
     assert [r.scenario.system for r in run.results] == list(SWEEP_SYSTEMS)
     for r in run.results:
         assert r.requests > 20 and r.scenario.failure is not None
