@@ -77,22 +77,23 @@ class CodedEnsembleSpec:
     features, turned into ``output`` by the decoder model); ``files`` are copied next to the
     decoder's config for the code to read (e.g. a head's weights).
 
-    Coding groups form as queries stream in: a query joins the oldest open group none of whose
-    originals still waits for a free worker (queries that wait together leave in one call, where two
-    originals of a group may not go); a group closes on its k-th query, once all its queries are
-    answered, or ``group_close_us`` after its first original left the queue; a partial group is padded with copies of its
-    own queries, and a lone query's copy is held in reserve and sent when its original errors or
+    Coding groups form as queries stream in: a query joins the oldest open group none of whose originals
+    still waits for a free worker (queries that wait together leave in one call, where two originals of
+    a group may not go); a group closes on its k-th query, once all its queries are answered, or
+    ``group_close_us`` after its first original left the queue; a partial group is padded with copies of
+    its own queries, and a lone query's copy is held in reserve and sent when its original errors or
     passes the deadline, or at once when a worker idles and another stays free for the next query
-    (``copy_when_idle``). With ``deadline_min_ms`` the deadline adapts: ``deadline_percentile`` of the members' last ``deadline_window`` call
-    latencies times ``deadline_margin``, within [deadline_min_ms, deadline_ms]; without it the
-    deadline is ``deadline_ms``. ``topology="every_worker"``: each of the k+1 workers hosts the
-    deployed model (``members[w]``) and the parity model (``parity_members[w]``) and roles rotate per
-    group, so originals spread over every worker. A worker runs one of its models at a time because
-    the scheduler sends it its next call only when the last one returned (no Triton rate limiter:
-    it hands a resource only to the instance at the head of its queue, so one worker holding its
-    resource, as a dead member does for each call, would stall every model of the server); ``"dedicated"``: the data members run the originals
-    (whichever is free first) and coded member j the coded query j. ``pin_roles`` binds data role i to
-    member i, so which queries a lost member costs is known in advance (the accuracy benchmark).
+    (``copy_when_idle``). With ``deadline_min_ms`` the deadline adapts: ``deadline_percentile`` of the
+    members' last ``deadline_window`` call latencies times ``deadline_margin``, within [deadline_min_ms,
+    deadline_ms]; without it the deadline is ``deadline_ms``. ``topology="every_worker"``: each of the
+    k+1 workers hosts the deployed model (``members[w]``) and the parity model (``parity_members[w]``)
+    and roles rotate per group, so originals spread over every worker. A worker runs one of its models
+    at a time because the scheduler sends it its next call only when the last one returned (no Triton
+    rate limiter: it hands a resource only to the instance at the head of its queue, so one worker
+    holding its resource, as a dead member does for each call, would stall every model of the server);
+    ``"dedicated"``: the data members run the originals (whichever is free first) and coded member j the
+    coded query j. ``pin_roles`` binds data role i to member i, so which queries a lost member costs is
+    known in advance (the accuracy benchmark).
     """
 
     name: str
