@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 from coded_serving import scheduler
+from coded_serving.runtime.faults import FaultInjection
 
 try:
     from coded_serving.deployment import launcher
@@ -32,9 +34,15 @@ ASAN = os.environ.get("CODED_SCHEDULER_ASAN") == "1"
 
 
 EVERY = tuple((f"worker_{w}", f"worker_{w}_parity") for w in range(3))  # every worker: deployed + parity
+#: every-worker members whose deployed model takes a long emulated execute (the join-rule test)
+SLOW_EVERY = tuple((f"slow_worker_{w}", f"slow_worker_{w}_parity") for w in range(3))
+SLOW_SERVICE_S = 1.0
 
 
-def onnx_config(name: str) -> str:
+def onnx_config(name: str, service_ms: float = 0.0) -> str:
+    injected = FaultInjection(service_ms=service_ms).to_parameters() if service_ms else {}
+    parameters = "".join(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+                         for key, value in injected.items())
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: 64
@@ -43,7 +51,7 @@ input {{ name: "image" data_type: TYPE_FP32 dims: [1, 28, 28] }}
 output {{ name: "logits" data_type: TYPE_FP32 dims: [10] }}
 instance_group {{ count: 1 }}
 dynamic_batching {{ }}
-"""
+{parameters}"""
 
 
 def ensemble_config(name: str, queue_delay_us: int = 0, **overrides: str) -> str:
@@ -99,6 +107,12 @@ def server(tmp_path_factory, library):
         write_model(repository, parity, onnx_config(parity), PARITY)
     write_model(repository, "parm_every", ensemble_config(
         "parm_every", members=",".join(d for d, _ in EVERY), worker_models=",".join(f"{d}:{p}" for d, p in EVERY)))
+    for deployed, parity in SLOW_EVERY:
+        write_model(repository, deployed, onnx_config(deployed, service_ms=SLOW_SERVICE_S * 1000), DEPLOYED)
+        write_model(repository, parity, onnx_config(parity), PARITY)
+    write_model(repository, "parm_slow_every", ensemble_config(
+        "parm_slow_every", members=",".join(d for d, _ in SLOW_EVERY),
+        worker_models=",".join(f"{d}:{p}" for d, p in SLOW_EVERY)))
 
     original_build, original_env = launcher.build_backend_directory, launcher.server_environment
 
@@ -314,3 +328,47 @@ def test_every_worker_topology_serves_and_reconstructs_without_a_worker(server, 
     finally:
         for model in EVERY[0]:
             client.load_model(model)
+
+
+def test_queries_waiting_together_for_a_busy_worker_leave_in_one_call(server):
+    """Three queries that arrive while every worker is busy each open their own coding group (none
+    joins a group whose original still waits), so the first worker that frees runs all three in one
+    call; in one group, two of them could not share that worker and would wait for a second one."""
+    groups_before = metric(server, "coded_groups_total", "parm_slow_every")
+    answers, failures = {}, []
+
+    def send(key):
+        with http.InferenceServerClient(server.config.http_url, network_timeout=60) as c:
+            try:
+                answers[key] = infer(c, "parm_slow_every", images(1, seed=key))
+            except InferenceServerException as error:
+                failures.append(str(error))
+
+    def start(key):
+        thread = threading.Thread(target=send, args=(key,))
+        thread.start()
+        return thread
+
+    # one query per worker, a fifth of an execute apart, so that the workers free one at a time
+    threads = []
+    for key in range(3):
+        threads.append(start(key))
+        time.sleep(SLOW_SERVICE_S / 5)
+    # three more, one execute each (one client request per ensemble execute), long before a worker frees
+    for key in range(3, 6):
+        threads.append(start(key))
+        time.sleep(SLOW_SERVICE_S / 30)
+    for thread in threads:
+        thread.join()
+    assert failures == [] and sorted(answers) == list(range(6))
+    for key, (logits, flags) in answers.items():
+        np.testing.assert_allclose(logits, run_onnx(DEPLOYED, images(1, seed=key)), rtol=1e-5, atol=1e-5)
+        assert not flags.any()
+    assert metric(server, "coded_groups_total", "parm_slow_every") - groups_before == 6
+    with http.InferenceServerClient(server.config.http_url) as c:
+        executions = {}  # rows per execute -> how many, over the three deployed models
+        for deployed, _ in SLOW_EVERY:
+            for stats in c.get_inference_statistics(deployed)["model_stats"][0]["batch_stats"]:
+                size = int(stats["batch_size"])
+                executions[size] = executions.get(size, 0) + int(stats["compute_infer"]["count"])
+    assert executions == {1: 3, 3: 1}, f"executes by rows: {executions}"
