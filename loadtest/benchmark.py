@@ -36,8 +36,8 @@ from coded_serving.benchmarks.tail import (
 
 QUICK = dict(duration_s=8.0, short_duration_s=6.0, saturation_duration_s=4.0, failure_at_s=3.0, batches=())
 #: a smoke run of the sweep: seconds per run, one load, one hedge delay
-SWEEP_QUICK = dict(loads=(0.4,), hedge_delays_ms=(10.0,), duration_s=3.0, goal_duration_s=3.0, warmup_s=0.5,
-                   capacity_duration_s=2.0, failure_at_s=1.5, users=16, capacity_users=16)
+SWEEP_QUICK = dict(loads=(0.4,), hedge_delays_ms=(10.0,), duration_s=3.0, goal_duration_s=3.0, goal_rounds=1,
+                   warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5, users=16, capacity_users=16)
 
 
 def sweep_main(argv: list[str]) -> int:
@@ -49,7 +49,7 @@ def sweep_main(argv: list[str]) -> int:
     parser.add_argument("--conditions", nargs="+", choices=SWEEP_CONDITIONS, default=list(defaults.conditions))
     parser.add_argument("--hedge-delays-ms", type=float, nargs="+", default=list(defaults.hedge_delays_ms))
     for name in ("k", "batch", "service_ms", "deadline_ms", "deadline_min_ms", "duration_s", "goal_duration_s",
-                 "warmup_s", "capacity_duration_s", "users", "persistent_extra_ms"):
+                 "goal_rounds", "warmup_s", "capacity_duration_s", "users", "persistent_extra_ms"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)),
                             default=getattr(defaults, name))
     parser.add_argument("--deployed-onnx", type=Path, default=PROJECT_ROOT / "model_repository/lenet5/1/model.onnx")
@@ -62,7 +62,7 @@ def sweep_main(argv: list[str]) -> int:
                   hedge_delays_ms=tuple(args.hedge_delays_ms), failure_at_s=min(defaults.failure_at_s,
                                                                                args.duration_s / 2))
     values.update({name: getattr(args, name) for name in ("k", "batch", "service_ms", "deadline_ms", "deadline_min_ms",
-                                                          "duration_s", "goal_duration_s", "warmup_s",
+                                                          "duration_s", "goal_duration_s", "goal_rounds", "warmup_s",
                                                           "capacity_duration_s", "users", "persistent_extra_ms")})
     if args.quick:
         values.update(SWEEP_QUICK)

@@ -213,6 +213,9 @@ class ScenarioResult:
     member_calls: int | None = None
     #: queries sent over the whole run (warm-up and errors included): what ``member_calls`` compares with
     queries_sent: int = 0
+    #: the p99.9 of each round, for a result pooled from rounds (``pooled``): how far one system moves
+    #: between rounds of the same run is the machine's noise
+    round_p999_ms: tuple[float, ...] = ()
 
     @property
     def extra_work(self) -> float | None:
@@ -256,6 +259,37 @@ def summarize(scenario: Scenario, samples: Samples, server_cpu_s: float, load_av
         latencies_ms=latencies,
         error_examples=tuple(sorted(set(errors)))[:3],
         queries_sent=queries,
+    )
+
+
+def pooled(rounds: list[ScenarioResult]) -> ScenarioResult:
+    """One result from several runs of one scenario: percentiles over every round's requests, counts summed,
+    rates weighted by requests; the worst second and send lag are the worst round's."""
+    latencies = np.concatenate([r.latencies_ms for r in rounds])
+    weights = np.array([len(r.latencies_ms) for r in rounds], dtype=float)
+    mean = lambda values: float(np.average(values, weights=weights))  # noqa: E731
+    median, p99, p999 = np.percentile(latencies, [50, 99, 99.9])
+    fractions = [r.reconstructed_fraction for r in rounds]
+    calls = [r.member_calls for r in rounds]
+    return ScenarioResult(
+        scenario=replace(rounds[0].scenario, duration_s=sum(r.scenario.duration_s for r in rounds)),
+        requests=sum(r.requests for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        median_ms=float(median),
+        p99_ms=float(p99),
+        p999_ms=float(p999),
+        throughput_rps=mean([r.throughput_rps for r in rounds]),
+        reconstructed_fraction=None if None in fractions else mean(fractions),
+        hedged_fraction=mean([r.hedged_fraction for r in rounds]),
+        cpu_ms_per_query=mean([r.cpu_ms_per_query for r in rounds]),
+        load_average=max(r.load_average for r in rounds),
+        worst_second_median_ms=max(r.worst_second_median_ms for r in rounds),
+        send_lag_p99_ms=max(r.send_lag_p99_ms for r in rounds),
+        latencies_ms=latencies,
+        error_examples=tuple(sorted({e for r in rounds for e in r.error_examples}))[:3],
+        member_calls=None if None in calls else sum(calls),
+        queries_sent=sum(r.queries_sent for r in rounds),
+        round_p999_ms=tuple(r.p999_ms for r in rounds),
     )
 
 

@@ -386,7 +386,7 @@ def run_benchmark(settings: BenchmarkSettings, deployed_onnx: Path, parity_onnx:
 # --- The load sweep: where coding wins against replication and hedging -------------------------------------------
 
 from coded_serving.benchmarks.load import (  # noqa: E402
-    CODED_EVERY_WORKER, sweep_repository_spec,
+    CODED_EVERY_WORKER, pooled, sweep_repository_spec,
 )
 
 CODED_DEDICATED = CODED
@@ -431,6 +431,9 @@ class SweepSettings:
     #: runs at the goals' load (the hedge tuning included) last longer, so that the p99.9 the goals compare
     #: rests on more than the slowest handful of requests
     goal_duration_s: float = 18.0
+    #: at the goals' load the systems compared take turns in this many rounds of goal_duration_s / goal_rounds,
+    #: pooled: a noisy stretch of the shared machine then falls on every system alike, not on whichever ran in it
+    goal_rounds: int = 3
     warmup_s: float = 1.0
     capacity_duration_s: float = 5.0
     #: closed-loop users of the capacity run: outstanding requests (the load generator shares the 2 cores)
@@ -442,6 +445,11 @@ class SweepSettings:
     #: a persistently slow worker: every execute of that worker takes this much longer (instead of CPU
     #: contention, which on a 2-core machine shared with other work slows everything, not one worker)
     persistent_extra_ms: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.goal_rounds < 1 or self.goal_duration_s / self.goal_rounds <= max(self.warmup_s, self.failure_at_s):
+            raise ValueError(f"goal_duration_s / goal_rounds = {self.goal_duration_s:g} / {self.goal_rounds} s must be "
+                             f"longer than the warm-up ({self.warmup_s:g} s) and the failure time ({self.failure_at_s:g} s)")
 
 
 def sweep_faults(system: str, condition: str, s: SweepSettings) -> tuple[tuple[str, FaultInjection], ...]:
@@ -528,9 +536,9 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
     spec = sweep_repository_spec(deployed_onnx, parity_onnx, s.k, s.deadline_ms, s.deadline_min_ms, s.service_ms)
     runs = workdir / "runs"
     with BenchmarkServer(spec, workdir) as bench:
-        def run(scenario: Scenario, label: str) -> ScenarioResult:
+        def run(scenario: Scenario, label: str, out_dir: Path = runs) -> ScenarioResult:
             restarts = bench.restarts
-            result = run_scenario(bench, scenario, locustfile, runs)
+            result = run_scenario(bench, scenario, locustfile, out_dir)
             if bench.restarts > restarts:
                 progress(f"{label}: tritonserver had died after the previous run and was started afresh")
             extra = "-" if result.extra_work is None else f"{result.extra_work:+.0%}"
@@ -540,20 +548,30 @@ def run_sweep(s: SweepSettings, deployed_onnx: Path, parity_onnx: Path, locustfi
                      f"extra work {extra}, {result.errors} errors")
             return result
 
+        def side_by_side(scenarios: list[Scenario], load: float, label: str) -> list[ScenarioResult]:
+            """Runs scenarios compared with each other; at the goals' load in rounds, taking turns, pooled."""
+            if not same_load(load, SWEEP_GOAL_LOAD):
+                return [run(replace(scenario, duration_s=s.duration_s), label) for scenario in scenarios]
+            rounds = s.goal_rounds
+            shorter = [replace(scenario, duration_s=s.goal_duration_s / rounds) for scenario in scenarios]
+            if rounds == 1:
+                return [run(scenario, label) for scenario in shorter]
+            done = [[run(scenario, f"{label}, round {n}/{rounds}", runs / f"round_{n}") for scenario in shorter]
+                    for n in range(1, rounds + 1)]
+            return [pooled(list(results)) for results in zip(*done)]
+
         capacity = run(capacity_scenario(s), "capacity")
         capacity_rps = capacity.throughput_rps  # requests/s
         rate = lambda load: round(load * capacity_rps, 1)  # noqa: E731
-        duration = lambda load: s.goal_duration_s if same_load(load, SWEEP_GOAL_LOAD) else s.duration_s  # noqa: E731
-        tuning = [run(replace(sweep_scenario(HEDGED, INTERMITTENT, rate(s.hedge_tuning_load), s, hedge),
-                              condition=HEDGE_TUNING, hedge_ms=hedge, duration_s=duration(s.hedge_tuning_load)),
-                      "hedge tuning")
-                  for hedge in s.hedge_delays_ms] if HEDGED in s.systems else []
+        tuning = side_by_side([replace(sweep_scenario(HEDGED, INTERMITTENT, rate(s.hedge_tuning_load), s, hedge),
+                                       condition=HEDGE_TUNING, hedge_ms=hedge) for hedge in s.hedge_delays_ms],
+                              s.hedge_tuning_load, "hedge tuning") if HEDGED in s.systems else []
         hedge_ms = best_hedge(tuning) if tuning else 0.0
-        scenarios = [replace(sweep_scenario(system, condition, rate(load), s, hedge_ms), duration_s=duration(load))
-                     for condition in s.conditions for load in s.loads for system in s.systems]
-        results = [run(scenario, f"[{n}/{len(scenarios)}]") for n, scenario in enumerate(scenarios, 1)]
-        no_fault = [run(replace(sweep_scenario(system, NO_FAULT, rate(SWEEP_GOAL_LOAD), s, hedge_ms),
-                                duration_s=s.goal_duration_s), NO_FAULT) for system in s.systems]
+        results = [result for condition in s.conditions for load in s.loads
+                   for result in side_by_side([sweep_scenario(system, condition, rate(load), s, hedge_ms)
+                                               for system in s.systems], load, f"{load:.0%} load")]
+        no_fault = side_by_side([sweep_scenario(system, NO_FAULT, rate(SWEEP_GOAL_LOAD), s, hedge_ms)
+                                 for system in s.systems], SWEEP_GOAL_LOAD, NO_FAULT)
     return SweepRun(s, capacity, tuning, hedge_ms, results, no_fault)
 
 
@@ -586,12 +604,12 @@ def sweep_goals(run: SweepRun) -> list[Goal]:
             if c and hedged:
                 ratio = c.p999_ms / hedged.p999_ms
                 found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / best hedged p99.9",
-                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {hedged.p999_ms:.1f} ms)",
+                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {hedged.p999_ms:.1f} ms{_round_spread(c, hedged)})",
                                   f"<= {SWEEP_GOAL_VS_HEDGED}", ratio <= SWEEP_GOAL_VS_HEDGED))
             if c and er:
                 ratio = c.p999_ms / er.p999_ms
                 found.append(Goal(f"{name}, {condition}, {SWEEP_GOAL_LOAD:.0%} load: p99.9 / Equal-Resources p99.9",
-                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {er.p999_ms:.1f} ms)",
+                                  f"{ratio:.2f} ({c.p999_ms:.1f} / {er.p999_ms:.1f} ms{_round_spread(c, er)})",
                                   f"<= {SWEEP_GOAL_VS_ER}", ratio <= SWEEP_GOAL_VS_ER))
         median_goals = ((SWEEP_GOAL_LOAD, SWEEP_GOAL_MEDIAN.get(run.settings.k)),
                         (SWEEP_GOAL_LOW_LOAD, SWEEP_GOAL_LOW_MEDIAN))
@@ -608,6 +626,17 @@ def sweep_goals(run: SweepRun) -> list[Goal]:
         found.append(Goal(f"{name}: lost requests, every run of the sweep",
                           f"{lost} of {sum(r.requests for r in coded_runs)}", "0", lost == 0))
     return found
+
+
+def _spread(result: ScenarioResult) -> str:
+    return f"{min(result.round_p999_ms):.0f}-{max(result.round_p999_ms):.0f}"
+
+
+def _round_spread(*results: ScenarioResult) -> str:
+    """The p99.9 range over the rounds of each result, when pooled from rounds: the noise a ratio sits in."""
+    if not all(r.round_p999_ms for r in results):
+        return ""
+    return "; rounds " + " / ".join(_spread(r) for r in results)
 
 
 def _pct(value: float | None) -> str:
@@ -635,14 +664,19 @@ def no_fault_section(run: SweepRun) -> list[str]:
     """Every system with no fault at the goals' load, and the p99.9 goals this floor puts out of reach."""
     if not run.no_fault:
         return []
-    rows = ["| system | median ms | p99 ms | p99.9 ms | extra work |", "|---|---|---|---|---|"]
+    rounds = all(r.round_p999_ms for r in run.no_fault)
+    rows = ["| system | median ms | p99 ms | p99.9 ms | extra work |" + (" p99.9 ms by round |" if rounds else ""),
+            "|---|---|---|---|---|" + ("---|" if rounds else "")]
     rows += [f"| {SWEEP_NAMES[r.scenario.system]} | {r.median_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} "
-             f"| {'-' if r.extra_work is None else f'{r.extra_work:+.1%}'} |" for r in run.no_fault]
+             f"| {'-' if r.extra_work is None else f'{r.extra_work:+.1%}'} |"
+             + (f" {', '.join(f'{p:.1f}' for p in r.round_p999_ms)} |" if rounds else "") for r in run.no_fault]
     floor = min(r.p999_ms for r in run.no_fault)
     lines = ["## No fault (the floor)", "",
              f"Every worker healthy, {SWEEP_GOAL_LOAD:.0%} load, {run.settings.goal_duration_s:g} s per system: what "
              f"this machine puts under every p99.9 above (lowest here {floor:.1f} ms). A p99.9 target below it is out "
-             "of any system's reach on this machine.", "", *rows]
+             "of any system's reach on this machine."
+             + (" How far one system's p99.9 moves from round to round, with nothing changed, is the noise every "
+                "p99.9 ratio of this report sits in." if rounds else ""), "", *rows]
     for condition in run.settings.conditions:
         er = sweep_find(run, EQUAL_RESOURCES, condition, SWEEP_GOAL_LOAD)
         if er and SWEEP_GOAL_VS_ER * er.p999_ms < floor:
@@ -790,8 +824,12 @@ def write_sweep_report(path: Path, info: RunInfo, run: SweepRun, runs_dir: Path,
         f"closed-loop users, {s.capacity_duration_s:g} s, healthy; Triton's dynamic batcher packs several requests "
         f"into one {s.service_ms:g} ms execute, so this is above {s.k + 1} instances x 1/{s.service_ms:g} ms; the "
         f"load generator runs on the same cores). {s.protocol.upper()}.",
-        f"- Runs of {s.duration_s:g} s each ({s.goal_duration_s:g} s at {SWEEP_GOAL_LOAD:.0%} load, the goals' load, "
-        f"hedge tuning included), the first {s.warmup_s:g} s and the answers that came after locust began "
+        f"- Runs of {s.duration_s:g} s each; at {SWEEP_GOAL_LOAD:.0%} load, the goals' load (hedge tuning and no fault "
+        f"included), {s.goal_duration_s:g} s per system"
+        + (f" in {s.goal_rounds} rounds of {s.goal_duration_s / s.goal_rounds:g} s, the systems compared taking turns, "
+           "pooled: a noisy stretch of the shared machine falls on all of them, not on whichever ran in it"
+           if s.goal_rounds > 1 else "")
+        + f". In every run the first {s.warmup_s:g} s and the answers that came after locust began "
         "stopping its users (a pause of the load generator, not of the server) left out of percentiles (never out of "
         "lost requests); the load generator freezes its heap once its users are up, so that its garbage collections "
         "stay short. Short runs: at the lowest load the p99.9 rests on a handful of requests, so it is the slowest few; "

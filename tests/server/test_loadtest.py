@@ -21,7 +21,7 @@ from coded_serving.runtime.faults import FaultInjection, FaultInjector
 from coded_serving.deployment.launcher import DEFAULT_REPOSITORY, PROJECT_ROOT
 from coded_serving.benchmarks.load import (
     CODED, EQUAL_RESOURCES, NO_REDUNDANCY, BenchmarkServer, Contention, CpuContention, Failure, Samples, Scenario,
-    benchmark_repository_spec, locust_command, run_scenario, summarize,
+    benchmark_repository_spec, locust_command, pooled, run_scenario, summarize,
 )
 from coded_serving.benchmarks.tail import (
     HEALTHY, SLOW, BenchmarkSettings, RunInfo, benchmark_scenarios, goals, slow_member, write_report,
@@ -234,6 +234,23 @@ def test_summary_leaves_out_answers_that_came_while_locust_stopped():
     assert result.requests == 1020 and result.errors == 2
 
 
+def test_rounds_pool_into_one_result():
+    """A scenario run in rounds: percentiles over every round's requests, counts summed, each round's p99.9 kept."""
+    rng = np.random.default_rng(1)
+    rounds = [result_for(CODED, SLOW, rng.uniform(1, 10, n), errors) for n, errors in ((900, 1), (2100, 0))]
+    rounds[0].member_calls, rounds[1].member_calls = 1000, 2500
+    together = pooled(rounds)
+    latencies = np.concatenate([r.latencies_ms for r in rounds])
+    assert together.p999_ms == pytest.approx(np.percentile(latencies, 99.9))
+    assert together.median_ms == pytest.approx(np.percentile(latencies, 50))
+    assert together.requests == 3000 and together.errors == 1 and together.queries_sent == 3000
+    assert together.member_calls == 3500 and together.extra_work == pytest.approx(0.5 / 3)
+    assert together.round_p999_ms == (rounds[0].p999_ms, rounds[1].p999_ms)
+    assert together.scenario.duration_s == 60 and together.error_examples == ("boom",)
+    rounds[1].member_calls = None  # a round whose member statistics were lost: no total
+    assert pooled(rounds).member_calls is None and pooled(rounds).extra_work is None
+
+
 def result_for(system: str, condition: str, latencies: np.ndarray, errors: int = 0):
     scenario = Scenario(system, condition, system, rate_rps=100, duration_s=30, warmup_s=0)
     return summarize(scenario, synthetic_samples(latencies, errors, reconstructed=10), 1.0, 0.1, coded=system == CODED)
@@ -395,6 +412,14 @@ def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
     floor = replace(run, no_fault=[replace(r, p999_ms=50.0) for r in run.no_fault])
     write_sweep_report(tmp_path / "floor.md", info, floor, tmp_path / "runs", accuracy=(0.9, 0.8))
     assert "- killed worker: p99.9 <= 0.4 x Equal-Resources' " in (tmp_path / "floor.md").read_text()
+    # pooled from rounds: each p99.9 goal shows the rounds' spread, the no-fault table each round's p99.9
+    rounds = replace(run, results=[replace(r, round_p999_ms=(r.p999_ms - 1, r.p999_ms + 2)) for r in run.results],
+                     no_fault=[replace(r, round_p999_ms=(10.0, 12.5, 11.0)) for r in run.no_fault])
+    write_sweep_report(tmp_path / "rounds.md", info, rounds, tmp_path / "runs", accuracy=(0.9, 0.8))
+    pooled_text = (tmp_path / "rounds.md").read_text()
+    assert "p99.9 ms by round |" in pooled_text and "| 10.0, 12.5, 11.0 |" in pooled_text
+    assert "ms; rounds " in pooled_text and "; rounds " not in text and "by round" not in text
+    assert "in 3 rounds of 6 s" in text
     for plot in ("load_sweep_p999_vs_load.png", "load_sweep_p999_vs_extra_work.png"):
         assert f"]({plot})" in text and (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # k = 4: the tighter median goal, and no accuracy estimate from the shipped k = 2 parity model
@@ -409,12 +434,15 @@ def test_sweep_goals_and_report_from_the_runs_own_numbers(tmp_path):
 def test_quick_sweep_runs_every_system_against_a_killed_worker(tmp_path):
     """A smoke of the sweep (``loadtest/benchmark.py --sweep --quick``): seconds per run, one condition."""
     s = SweepSettings(loads=(0.3,), conditions=(KILLED_WORKER,), hedge_delays_ms=(10.0,), duration_s=3.0,
-                      goal_duration_s=4.0, warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5, users=16,
-                      capacity_users=16)
+                      goal_duration_s=4.0, goal_rounds=2, warmup_s=0.5, capacity_duration_s=2.0, failure_at_s=1.5,
+                      users=16, capacity_users=16)
+    with pytest.raises(ValueError, match="goal_rounds"):  # rounds shorter than the failure time
+        replace(s, goal_rounds=3)
     run = run_sweep(s, DEPLOYED_ONNX, PARITY_ONNX, LOCUSTFILE, tmp_path, progress=lambda line: None)
     assert run.capacity.throughput_rps > 50 and run.hedge_ms == 10
-    # the hedge is tuned at the goals' load: a longer run there
+    # the hedge is tuned at the goals' load: a longer run there, in rounds that take turns
     assert [r.scenario.duration_s for r in run.hedge_tuning] == [4.0]
+    assert all(len(r.round_p999_ms) == 2 for r in run.hedge_tuning + run.no_fault)
     assert {r.scenario.duration_s for r in run.results} == {3.0}
     assert [(r.scenario.system, r.scenario.condition, r.scenario.duration_s) for r in run.no_fault] == \
         [(system, NO_FAULT, 4.0) for system in SWEEP_SYSTEMS]
