@@ -12,7 +12,7 @@ smoke run of about 2 minutes (figures too short for the tail).
 The load sweep instead (reports/load_sweep.md): no redundancy, Equal-Resources, hedged requests and the
 coded ensemble (dedicated parity; redundancy on every worker) at 20/40/60/80 % of Equal-Resources'
 capacity measured in the same run, 5 ms emulated service time, under an intermittently slow, a
-persistently slow and a killed worker. About 19 minutes; ``--sweep --quick`` for a smoke run.
+persistently slow and a killed worker. About 25 minutes; ``--sweep --quick`` for a smoke run.
 """
 
 from __future__ import annotations
